@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests use, when missing: chromium (browser tests), ffmpeg
+# (ffprobe and ffmpeg over HTTP), aria2 (parallel ranged downloads), curl. Needs root.
+set -euo pipefail
+packages=(chromium ffmpeg aria2 curl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,191 @@
+//! `POST /upload/{id}`: a `multipart/form-data` upload with the video in field `file`.
+//!
+//! The steps, in order:
+//! 1. reject what can be rejected before the body is read, so no `100 Continue` goes out:
+//!    a declared length over `max_upload_bytes` (413), a body that is not multipart (415), no
+//!    body framing (411), an id that exists without `?overwrite=true` (409);
+//! 2. stream the part named `file` into a temporary file in the staging folder, counting the
+//!    body against the limit as it arrives (413 once past it);
+//! 3. hand the file to the storage backend, which syncs it and moves it into place atomically;
+//! 4. answer 201 with `Location` and `{"id", "size", "url"}`.
+//!
+//! Any failure removes the temporary file, so nothing half-written is ever visible and an
+//! existing video stays untouched.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{storage_error, App};
+use crate::api::{ApiError, ApiResult};
+use crate::multipart::{boundary_from_content_type, MultipartError, MultipartReader};
+use crate::server::body::{bad_chunk_reason, is_too_large, BodyReader};
+use crate::server::request::{BodyFraming, Request};
+use crate::server::response::Response;
+use crate::storage::{temp_path, StorageError};
+
+/// Bytes copied from the request to the file per write.
+const COPY_BUFFER: usize = 256 * 1024;
+
+#[derive(Serialize)]
+struct Uploaded<'a> {
+    id: &'a str,
+    size: u64,
+    url: String,
+}
+
+pub fn receive(app: &App, request: &Request, body: &mut BodyReader, id: &str) -> ApiResult {
+    let overwrite = wants_overwrite(request.query());
+    let boundary = check_before_body(app, request, body, id, overwrite)?;
+
+    let temp = TempFile::create(app.storage.staging_dir(), id).map_err(|e| storage_error(e, id))?;
+    body.set_limit(app.config.max_upload_bytes);
+    let size = copy_file_field(body, &boundary, &temp, app.config.max_upload_bytes)?;
+
+    app.storage.commit(&temp.path, id, overwrite).map_err(|e| storage_error(e, id))?;
+    log::info!("stored video {id:?}: {size} bytes");
+
+    let url = format!("/videos/{id}");
+    let mut response = Response::json(201, &Uploaded { id, size, url: url.clone() });
+    response.header("Location", url);
+    Ok(response)
+}
+
+/// Checks everything that needs no body bytes, and returns the multipart boundary.
+fn check_before_body(
+    app: &App,
+    request: &Request,
+    body: &BodyReader,
+    id: &str,
+    overwrite: bool,
+) -> Result<Vec<u8>, ApiError> {
+    let limit = app.config.max_upload_bytes;
+    if body.declared_length().is_some_and(|n| n > limit) {
+        return Err(ApiError::UploadTooLarge { limit });
+    }
+
+    let content_type = request.header("content-type").unwrap_or("");
+    let boundary = boundary_from_content_type(content_type)
+        .map_err(|e| ApiError::NotMultipart(e.to_string()))?;
+
+    if request.body == BodyFraming::Empty {
+        return Err(ApiError::LengthRequired);
+    }
+    if !overwrite && app.storage.exists(id).map_err(|e| storage_error(e, id))? {
+        return Err(ApiError::VideoExists(id.to_string()));
+    }
+    Ok(boundary)
+}
+
+/// True for `?overwrite=true` (or `1`) among the query parameters.
+fn wants_overwrite(query: Option<&str>) -> bool {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .any(|(key, value)| key == "overwrite" && (value == "true" || value == "1"))
+}
+
+/// Reads every part, writing the first `file` part to `temp`. Returns its size.
+fn copy_file_field(
+    body: &mut BodyReader,
+    boundary: &[u8],
+    temp: &TempFile,
+    limit: u64,
+) -> Result<u64, ApiError> {
+    let mut parts = MultipartReader::new(&mut *body, boundary);
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    let mut file = &temp.file;
+    let mut size = None;
+
+    while let Some(headers) = parts.next_part().map_err(|e| body_error(e, limit))? {
+        if size.is_some() || headers.name.as_deref() != Some("file") {
+            continue;
+        }
+        let mut written = 0u64;
+        loop {
+            let n = parts.read_part(&mut buffer).map_err(|e| body_error(e, limit))?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&buffer[..n])
+                .map_err(|e| storage_error(StorageError::io(format!("write {}", temp.path.display()), e), "upload"))?;
+            written += n as u64;
+        }
+        size = Some(written);
+    }
+
+    size.ok_or(ApiError::MissingFileField)
+}
+
+/// Maps a failure while reading the multipart body to the error the client gets.
+fn body_error(error: MultipartError, limit: u64) -> ApiError {
+    match error {
+        MultipartError::Io(e) if is_too_large(&e) => ApiError::UploadTooLarge { limit },
+        MultipartError::Io(e) => match bad_chunk_reason(&e) {
+            Some(why) => ApiError::BadRequest(format!("malformed chunked body: {why}")),
+            None => {
+                log::info!("upload body read failed: {e}");
+                incomplete_or_io(e)
+            }
+        },
+        MultipartError::UnexpectedEof => ApiError::IncompleteBody,
+        other => ApiError::MalformedMultipart(other.to_string()),
+    }
+}
+
+fn incomplete_or_io(e: io::Error) -> ApiError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::TimedOut
+        | io::ErrorKind::WouldBlock
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => ApiError::IncompleteBody,
+        _ => ApiError::Internal,
+    }
+}
+
+/// A temporary upload file, removed on drop unless it was moved into place.
+struct TempFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl TempFile {
+    fn create(dir: &Path, id: &str) -> Result<TempFile, StorageError> {
+        let path = temp_path(dir, id);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StorageError::io(format!("create {}", path.display()), e))?;
+        Ok(TempFile { path, file })
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => log::debug!("removed upload temporary file {}", self.path.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::error!("cannot remove upload temporary file {}: {e}", self.path.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overwrite_flag_parsing() {
+        assert!(wants_overwrite(Some("overwrite=true")));
+        assert!(wants_overwrite(Some("a=b&overwrite=1")));
+        assert!(!wants_overwrite(Some("overwrite=false")));
+        assert!(!wants_overwrite(Some("overwrite")));
+        assert!(!wants_overwrite(None));
+    }
+}

