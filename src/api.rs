@@ -26,6 +26,8 @@ pub enum ApiError {
     RangeNotSatisfiable { size: u64 },
     /// An `If-Match` or `If-Unmodified-Since` precondition failed.
     PreconditionFailed,
+    /// An upload or delete came without the configured bearer token, or with a wrong one.
+    Unauthorized { presented: bool },
     /// Every limiter token is in use.
     TooManyRequests,
     /// The upload body is larger than `max_upload_bytes` (the value).
@@ -91,6 +93,7 @@ impl ApiError {
             ApiError::RangeNotSatisfiable { .. } => 416,
             ApiError::PreconditionFailed => 412,
             ApiError::TooManyRequests => 429,
+            ApiError::Unauthorized { .. } => 401,
             ApiError::UploadTooLarge { .. } => 413,
             ApiError::VideoExists(_) => 409,
             ApiError::NotMultipart(_) => 415,
@@ -117,6 +120,7 @@ impl ApiError {
             ApiError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             ApiError::PreconditionFailed => "precondition_failed",
             ApiError::TooManyRequests => "too_many_requests",
+            ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::UploadTooLarge { .. } => "upload_too_large",
             ApiError::VideoExists(_) => "video_exists",
             ApiError::NotMultipart(_) => "not_multipart",
@@ -147,6 +151,13 @@ impl ApiError {
         match self {
             ApiError::MethodNotAllowed { allow } => response.header("Allow", *allow),
             ApiError::TooManyRequests => response.header("Retry-After", "1"),
+            ApiError::Unauthorized { presented: false } => {
+                response.header("WWW-Authenticate", "Bearer realm=\"streamserver\"")
+            }
+            ApiError::Unauthorized { presented: true } => response.header(
+                "WWW-Authenticate",
+                "Bearer realm=\"streamserver\", error=\"invalid_token\"",
+            ),
             ApiError::TooManyConnections | ApiError::StorageUnavailable => response.header("Retry-After", "5"),
             ApiError::RangeNotSatisfiable { size } => {
                 response.header("Content-Range", format!("bytes */{size}"))
@@ -178,6 +189,13 @@ impl fmt::Display for ApiError {
             }
             ApiError::TooManyRequests => {
                 write!(f, "the server is busy with other requests; retry after a second")
+            }
+            ApiError::Unauthorized { presented: false } => write!(
+                f,
+                "this server requires an upload token; send it as \"Authorization: Bearer <token>\""
+            ),
+            ApiError::Unauthorized { presented: true } => {
+                write!(f, "the upload token is wrong; check the token configured on the server")
             }
             ApiError::UploadTooLarge { limit } => {
                 write!(f, "the upload is larger than the limit of {limit} bytes")

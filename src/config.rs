@@ -41,6 +41,12 @@ pub struct Config {
     pub max_connections: usize,
     /// Seconds that requests in flight may take to finish after SIGTERM or SIGINT. Default: 10.
     pub shutdown_grace_secs: u64,
+    /// Bearer token that uploads and deletes must present. The environment variable
+    /// `STREAMSERVER_UPLOAD_TOKEN` overrides it. Default: none, so anyone may upload.
+    pub upload_token: Option<Secret>,
+    /// Tokens one client address may hold at once. Default: three quarters of `max_conns`
+    /// (15 of 20), at least 1.
+    pub max_conns_per_ip: Option<usize>,
     /// Where videos are stored. Default: the local folder `video_dir`.
     pub storage: StorageConfig,
 }
@@ -60,6 +66,8 @@ impl Default for Config {
             cors_allow_origins: Vec::new(),
             max_connections: 4096,
             shutdown_grace_secs: 10,
+            upload_token: None,
+            max_conns_per_ip: None,
             storage: StorageConfig::default(),
         }
     }
@@ -182,6 +190,17 @@ fn validate_endpoint(endpoint: &str) -> Result<(), String> {
     }
 }
 
+/// A secret string whose `Debug` output is redacted, so logging a config never shows it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
 /// A config file that could not be read or holds an invalid value.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -206,16 +225,22 @@ impl Config {
         let source_name = path.display().to_string();
         let error = |message: String| ConfigError { source_name: source_name.clone(), message };
 
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
-                return Ok(Config::default());
-            }
+        let mut config = match std::fs::read_to_string(path) {
+            Ok(text) => parse_json(&text).map_err(error)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => Config::default(),
             Err(e) => return Err(error(format!("cannot read the config file: {e}"))),
         };
 
-        let config = parse_json(&text).map_err(error)?;
-        config.validate().map_err(error)?;
+        if let Some(token) = std::env::var("STREAMSERVER_UPLOAD_TOKEN").ok().filter(|t| !t.is_empty()) {
+            config.upload_token = Some(Secret(token));
+        }
+        config.validate().map_err(|message| {
+            let message = message.replace(
+                "field `upload_token`",
+                "field `upload_token` (or STREAMSERVER_UPLOAD_TOKEN)",
+            );
+            error(message)
+        })?;
         Ok(config)
     }
 
@@ -230,6 +255,14 @@ impl Config {
         }
         if self.header_timeout_secs == 0 || self.idle_timeout_secs == 0 {
             return Err("fields `header_timeout_secs` and `idle_timeout_secs`: must be at least 1".into());
+        }
+        if self.max_conns_per_ip == Some(0) {
+            return Err("field `max_conns_per_ip`: must be at least 1, or removed for the default".into());
+        }
+        if let Some(Secret(token)) = &self.upload_token {
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err("field `upload_token`: use at least 16 printable ASCII characters without spaces".into());
+            }
         }
         if self.max_ranges == 0 {
             return Err("field `max_ranges`: must be at least 1".into());
@@ -259,6 +292,11 @@ impl Config {
                 self.listen
             )
         })
+    }
+
+    /// Tokens per client address in force.
+    pub fn per_ip_limit(&self) -> usize {
+        self.max_conns_per_ip.unwrap_or((self.max_conns * 3 / 4).max(1))
     }
 
     /// Worker threads in force: the configured number or `max_conns + 8`.

@@ -58,23 +58,43 @@ fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, String> {
         Ok(n) => log::info!("removed {n} upload temporary files left by an earlier run"),
         Err(e) => log::warn!("cannot scan {} for stale upload files: {e}", config.video_dir.display()),
     }
-    Ok(Arc::new(local))
+    match config.storage.backend {
+        config::StorageBackend::Local => Ok(Arc::new(local)),
+        config::StorageBackend::S3 => {
+            // `video_dir` stays the staging folder for uploads on their way to the bucket.
+            let credentials = storage::s3::EnvCredentials::from_env()?;
+            let s3 = storage::s3::S3Storage::new(&config.storage, &config.video_dir, credentials)?;
+            s3.check_bucket()?;
+            Ok(Arc::new(s3))
+        }
+    }
 }
 
 fn log_startup(config: &Config, server: &Server, storage: &dyn Storage) {
     log::info!(
-        "streamserver {} listening on {}; storage: {}; max_conns {}, workers {}, max_upload_bytes {}, \
-         header_timeout_secs {}, idle_timeout_secs {}, max_connections {}",
+        "streamserver {} listening on {}; storage: {}; max_conns {}, max_conns_per_ip {}, workers {}, \
+         max_upload_bytes {}, header_timeout_secs {}, idle_timeout_secs {}, max_connections {}, \
+         shutdown_grace_secs {}, upload token {}",
         env!("CARGO_PKG_VERSION"),
         server.local_addr(),
         storage.describe(),
         config.max_conns,
+        config.per_ip_limit(),
         config.worker_count(),
         config.max_upload_bytes,
         config.header_timeout_secs,
         config.idle_timeout_secs,
         config.max_connections,
+        config.shutdown_grace_secs,
+        if config.upload_token.is_some() { "required" } else { "not set" },
     );
+    if config.upload_token.is_none() && !server.local_addr().ip().is_loopback() {
+        log::warn!(
+            "no upload_token is set and the server listens on {}: anyone who can reach it can upload \
+             and delete videos; set upload_token in the config or STREAMSERVER_UPLOAD_TOKEN",
+            server.local_addr()
+        );
+    }
 }
 
 /// Stops accepting, lets workers finish for up to `grace`, and removes upload temporary files.

@@ -16,6 +16,8 @@ pub const MAX_ID_BYTES: usize = 255;
 pub enum Route {
     /// `GET` or `HEAD /videos/{id}`.
     Stream(String),
+    /// `DELETE /videos/{id}`.
+    Delete(String),
     /// `OPTIONS /videos/{id}`: a CORS preflight.
     StreamPreflight,
     /// `POST /upload/{id}`.
@@ -35,8 +37,9 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     if let Some(segment) = path.strip_prefix("/videos/") {
         return match method {
             Method::Get | Method::Head => Ok(Route::Stream(parse_id(segment)?)),
+            Method::Delete => Ok(Route::Delete(parse_id(segment)?)),
             Method::Options => Ok(Route::StreamPreflight),
-            _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD, OPTIONS" }),
+            _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD, DELETE, OPTIONS" }),
         };
     }
     if let Some(segment) = path.strip_prefix("/upload/") {
@@ -125,6 +128,7 @@ mod tests {
         assert_eq!(route(&Method::Post, "/upload/b_1-2.webm"), Ok(Route::Upload("b_1-2.webm".into())));
         assert_eq!(route(&Method::Get, "/testpage"), Ok(Route::TestPage));
         assert_eq!(route(&Method::Get, "/healthz"), Ok(Route::Health));
+        assert_eq!(route(&Method::Delete, "/videos/a.mp4"), Ok(Route::Delete("a.mp4".into())));
     }
 
     #[test]
@@ -136,7 +140,7 @@ mod tests {
     fn wrong_method_is_405_with_allow() {
         assert_eq!(
             route(&Method::Post, "/videos/a.mp4"),
-            Err(ApiError::MethodNotAllowed { allow: "GET, HEAD, OPTIONS" })
+            Err(ApiError::MethodNotAllowed { allow: "GET, HEAD, DELETE, OPTIONS" })
         );
         assert_eq!(route(&Method::Get, "/upload/a"), Err(ApiError::MethodNotAllowed { allow: "POST, OPTIONS" }));
         assert_eq!(route(&Method::Delete, "/healthz"), Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }));

@@ -4,6 +4,7 @@
 //! answer and adds the CORS headers. Handlers return `Result<Response, ApiError>` and never
 //! choose a status for an error themselves.
 
+mod auth;
 mod cors;
 mod pages;
 mod stream;
@@ -32,7 +33,7 @@ pub struct App {
 
 impl App {
     pub fn new(config: Config, storage: Arc<dyn Storage>) -> App {
-        let limiter = Limiter::new(config.max_conns);
+        let limiter = Limiter::new(config.max_conns, config.per_ip_limit());
         App { config, storage, limiter, stopping: Arc::new(AtomicBool::new(false)) }
     }
 
@@ -54,13 +55,29 @@ impl App {
     fn dispatch(&self, route: Route, request: &Request, body: &mut BodyReader) -> ApiResult {
         match route {
             Route::Stream(id) => stream::serve(self, request, &id),
-            Route::Upload(id) => upload::receive(self, request, body, &id),
-            Route::StreamPreflight => Ok(cors::preflight(&self.config, request, "GET, HEAD, OPTIONS")),
+            Route::Upload(id) => {
+                auth::require_upload_token(&self.config, request)?;
+                upload::receive(self, request, body, &id)
+            }
+            Route::Delete(id) => {
+                auth::require_upload_token(&self.config, request)?;
+                delete(self, &id)
+            }
+            Route::StreamPreflight => {
+                Ok(cors::preflight(&self.config, request, "GET, HEAD, DELETE, OPTIONS"))
+            }
             Route::UploadPreflight => Ok(cors::preflight(&self.config, request, "POST, OPTIONS")),
             Route::TestPage => Ok(pages::test_page()),
             Route::Health => Ok(pages::health(self)),
         }
     }
+}
+
+/// `DELETE /videos/{id}`: removes a video; 204, or 404 when it is not stored.
+fn delete(app: &App, id: &str) -> ApiResult {
+    app.storage.delete(id).map_err(|e| storage_error(e, id))?;
+    log::info!("deleted video {id:?}");
+    Ok(Response::new(204))
 }
 
 /// Maps a storage failure to its API error, logging what the client does not see.

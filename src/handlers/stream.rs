@@ -8,7 +8,10 @@
 //!    several ranges as `multipart/byteranges`, or 416;
 //! 5. add the media headers every answer carries.
 //!
-//! HEAD builds the same response as GET; the writer leaves the body out.
+//! HEAD builds the same response as GET; the writer leaves the body out. A backend that
+//! serves by redirect (S3 with `serve: "redirect"`) gets a `302` before all of this.
+
+use std::time::SystemTime;
 
 use super::{storage_error, App};
 use crate::api::{ApiError, ApiResult};
@@ -27,12 +30,17 @@ use crate::storage::Object;
 const SNIFF_BYTES: usize = 64;
 
 pub fn serve(app: &App, request: &Request, id: &str) -> ApiResult {
+    if let Some(location) = app.storage.redirect_url(id) {
+        return location.map(|url| redirect(&url)).map_err(|e| storage_error(e, id));
+    }
+
     let object = app.storage.open(id).map_err(|e| storage_error(e, id))?;
     let size = object.info.size;
 
+    // RFC 9110 §8.8.2.1: a modification time in the future is sent, and compared, as now.
     let validators = Validators {
         etag: strong_etag(object.info.identity, size, object.info.modified),
-        last_modified: object.info.modified,
+        last_modified: object.info.modified.min(SystemTime::now()),
     };
 
     match evaluate_preconditions(&conditionals(request), &validators, true) {
@@ -56,6 +64,16 @@ pub fn serve(app: &App, request: &Request, id: &str) -> ApiResult {
     };
     add_media_headers(app, &validators, &mut response);
     Ok(response)
+}
+
+/// A `302` to where the backend serves the video, such as a presigned bucket URL. The URL
+/// carries a signature, so it is not logged, and `no-store` keeps caches from reusing it
+/// after it expires.
+fn redirect(url: &str) -> Response {
+    let mut response = Response::new(302);
+    response.header("Location", url);
+    response.header("Cache-Control", "no-store");
+    response
 }
 
 fn conditionals(request: &Request) -> Conditionals<'_> {
@@ -141,5 +159,8 @@ fn add_media_headers(app: &App, validators: &Validators, response: &mut Response
 fn add_validator_headers(app: &App, validators: &Validators, response: &mut Response) {
     response.header("ETag", validators.etag.clone());
     response.header("Last-Modified", format_http_date(validators.last_modified));
-    response.header("Cache-Control", app.config.cache_control.clone());
+    // A shared cache must not keep a 416 for the media's lifetime.
+    if response.status != 416 {
+        response.header("Cache-Control", app.config.cache_control.clone());
+    }
 }

@@ -70,7 +70,7 @@ fn check_before_body(
     let boundary = boundary_from_content_type(content_type)
         .map_err(|e| ApiError::NotMultipart(e.to_string()))?;
 
-    if request.body == BodyFraming::Empty {
+    if request.body == BodyFraming::Empty && request.header("content-length").is_none() {
         return Err(ApiError::LengthRequired);
     }
     if !overwrite && app.storage.exists(id).map_err(|e| storage_error(e, id))? {
@@ -131,7 +131,11 @@ fn body_error(error: MultipartError, limit: u64) -> ApiError {
                 incomplete_or_io(e)
             }
         },
-        MultipartError::UnexpectedEof => ApiError::IncompleteBody,
+        // The HTTP body ended as framed, so the multipart data itself is cut short; a client
+        // that hung up shows as an I/O error above instead.
+        MultipartError::UnexpectedEof => {
+            ApiError::MalformedMultipart("the body ended before the closing boundary".into())
+        }
         other => ApiError::MalformedMultipart(other.to_string()),
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! [`BodyReader`] sends `100 Continue` on the first read, so a handler that rejects a request
 //! before reading (413, 409, 401) never invites the client to send its body. After the handler,
-//! the worker asks [`BodyReader::finish`] whether the connection can carry another request:
-//! a body the handler left unread is drained when it is small, and otherwise the connection
-//! closes, so body bytes are never parsed as a request.
+//! the worker calls [`BodyReader::skip_buffered`] to learn whether the connection can carry
+//! another request: a body the handler left unread is skipped when it already sits in the
+//! connection's buffer, and otherwise the connection closes, so body bytes are never parsed as
+//! a request and no worker waits for a body nobody needs.
 
 use std::io::{self, Read};
 
@@ -13,8 +14,9 @@ use crate::server::conn::Connection;
 use crate::server::request::BodyFraming;
 use crate::server::response::write_continue;
 
-/// The most unread body bytes drained to keep a connection open; past this it closes.
-const DRAIN_LIMIT: u64 = 256 * 1024;
+/// The most unread body bytes [`BodyReader::skip_buffered`] skips; a longer body closes the
+/// connection.
+const MAX_SKIPPED_BYTES: u64 = 256 * 1024;
 
 /// The longest chunk-size or trailer line accepted.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -66,6 +68,8 @@ pub struct BodyReader<'a> {
     continue_pending: bool,
     limit: Option<u64>,
     consumed: u64,
+    /// Reads come only from the connection's buffer and fail with `WouldBlock` past it.
+    buffered_only: bool,
 }
 
 impl<'a> BodyReader<'a> {
@@ -76,7 +80,7 @@ impl<'a> BodyReader<'a> {
             BodyFraming::Chunked => State::ChunkSize,
         };
         let continue_pending = expect_continue && state != State::Done;
-        BodyReader { conn, state, continue_pending, limit: None, consumed: 0 }
+        BodyReader { conn, state, continue_pending, limit: None, consumed: 0, buffered_only: false }
     }
 
     /// Fails reads with [`BodyTooLarge`] once more than `limit` bytes have been read.
@@ -97,41 +101,27 @@ impl<'a> BodyReader<'a> {
         &mut self.conn.stream
     }
 
-    /// True when the whole body has been read, so nothing more will arrive for it.
-    pub fn consumed_all(&self) -> bool {
-        self.state == State::Done
-    }
-
     /// The body bytes read so far.
     pub fn consumed(&self) -> u64 {
         self.consumed
     }
 
-    /// Decides whether the connection can carry another request, draining a small unread
-    /// body. Must be called after the response is written. Returns false when it must close.
-    pub fn finish(&mut self) -> bool {
-        match self.state {
-            State::Done => return true,
-            State::Broken => return false,
-            State::Length(n) if n > DRAIN_LIMIT => return false,
-            _ => {}
+    /// Skips the unread rest of the body when the connection's buffer already holds all of
+    /// it, without touching the socket. Returns true when the body is fully consumed, so the
+    /// connection can carry another request. A client still waiting for `100 Continue` has
+    /// sent nothing of its body, so its connection cannot be reused.
+    pub fn skip_buffered(&mut self) -> bool {
+        if self.state == State::Done {
+            return true;
         }
         if self.continue_pending {
-            // The client waits for 100 Continue and may never send the body.
             return false;
         }
-        self.limit = Some(self.consumed + DRAIN_LIMIT);
-        io::copy(self, &mut io::sink()).is_ok() && self.state == State::Done
-    }
-
-    /// True when the connection can no longer be reused whatever happens next.
-    pub fn must_close(&self) -> bool {
-        match self.state {
-            State::Done => false,
-            State::Broken => true,
-            State::Length(n) => n > DRAIN_LIMIT || self.continue_pending,
-            _ => self.continue_pending,
-        }
+        self.buffered_only = true;
+        self.limit = Some(self.consumed + MAX_SKIPPED_BYTES);
+        let skipped = io::copy(self, &mut io::sink()).is_ok();
+        self.buffered_only = false;
+        skipped && self.state == State::Done
     }
 
     fn send_continue_once(&mut self) -> io::Result<()> {
@@ -159,6 +149,9 @@ impl<'a> BodyReader<'a> {
             self.conn.consume(n);
             if line.len() > MAX_CHUNK_LINE {
                 return Err(bad_chunk("chunk-size or trailer line too long"));
+            }
+            if self.buffered_only {
+                return Err(io::ErrorKind::WouldBlock.into());
             }
             if self.conn.fill()? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
@@ -213,6 +206,9 @@ impl<'a> BodyReader<'a> {
 
     fn read_data(&mut self, out: &mut [u8], remaining: u64) -> io::Result<usize> {
         let want = remaining.min(out.len() as u64) as usize;
+        if self.buffered_only && self.conn.buffered().is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         let n = self.conn.read_body(&mut out[..want])?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());

@@ -35,6 +35,20 @@ pub struct Job {
     pub request: Request,
 }
 
+/// The accept queue length; std's default of 128 overflows under a burst of new connections
+/// while the poller waits for a CPU, and each overflow costs the client a one-second SYN retry.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Raises the accept queue length. Linux lets `listen` be called again on a listening socket
+/// to change it; the kernel caps it at `net.core.somaxconn`.
+fn widen_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is a bound, listening socket owned by `listener`.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        log::warn!("cannot widen the listen backlog: {}", io::Error::last_os_error());
+    }
+}
+
 /// A running server.
 pub struct Server {
     local_addr: SocketAddr,
@@ -50,6 +64,7 @@ impl Server {
     pub fn start(config: &Config, app: Arc<App>) -> io::Result<Server> {
         let addr = config.listen_addr().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(addr)?;
+        widen_backlog(&listener);
         let local_addr = listener.local_addr()?;
 
         let stopping = app.stopping.clone();

@@ -134,6 +134,9 @@ fn build_request(parsed: &httparse::Request, peer: SocketAddr) -> Result<Request
         .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
         .collect();
 
+    if minor_version >= 1 {
+        check_host(&headers)?;
+    }
     let body = body_framing(&headers, minor_version)?;
     let connection_tokens = header_tokens(&headers, "connection");
     let keep_alive = match minor_version {
@@ -196,6 +199,19 @@ fn body_framing(headers: &[(String, String)], minor_version: u8) -> Result<BodyF
     Ok(if length == 0 { BodyFraming::Empty } else { BodyFraming::Length(length) })
 }
 
+/// Checks that an HTTP/1.1 request has exactly one valid `Host` (RFC 9112 §3.2).
+fn check_host(headers: &[(String, String)]) -> Result<(), ApiError> {
+    let mut hosts = headers.iter().filter(|(n, _)| n == "host").map(|(_, v)| v.trim());
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return Err(ApiError::BadRequest("an HTTP/1.1 request needs exactly one Host header".into()));
+    };
+    let valid = host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_~:[]%!$&'()*+,;=".contains(&b));
+    if !valid {
+        return Err(ApiError::BadRequest(format!("invalid Host header {host:?}")));
+    }
+    Ok(())
+}
+
 /// Parses a Content-Length: ASCII digits only, no sign, no overflow.
 fn parse_content_length(value: &str) -> Option<u64> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
@@ -252,53 +268,53 @@ mod tests {
 
     #[test]
     fn connection_close_token_closes() {
-        assert!(!parse("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n").unwrap().keep_alive);
+        assert!(!parse("GET / HTTP/1.1\r\nHost: h\r\nConnection: foo, close\r\n\r\n").unwrap().keep_alive);
     }
 
     #[test]
     fn huge_content_length_parses() {
-        let r = parse("POST / HTTP/1.1\r\nContent-Length: 100000000000\r\n\r\n").unwrap();
+        let r = parse("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000000000\r\n\r\n").unwrap();
         assert_eq!(r.body, BodyFraming::Length(100_000_000_000));
     }
 
     #[test]
     fn content_length_overflow_rejected() {
-        let e = parse("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n").unwrap_err();
+        let e = parse("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999999\r\n\r\n").unwrap_err();
         assert_eq!(e.status(), 400);
     }
 
     #[test]
     fn signed_content_length_rejected() {
-        assert!(parse("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n").is_err());
+        assert!(parse("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\n").is_err());
     }
 
     #[test]
     fn conflicting_lengths_rejected() {
-        assert!(parse("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").is_err());
+        assert!(parse("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").is_err());
     }
 
     #[test]
     fn repeated_equal_lengths_accepted() {
-        let r = parse("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n").unwrap();
+        let r = parse("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\n").unwrap();
         assert_eq!(r.body, BodyFraming::Length(5));
     }
 
     #[test]
     fn chunked_with_length_rejected() {
-        let e = parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n")
+        let e = parse("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n")
             .unwrap_err();
         assert_eq!(e.status(), 400);
     }
 
     #[test]
     fn gzip_transfer_coding_not_implemented() {
-        let e = parse("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap_err();
+        let e = parse("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap_err();
         assert_eq!(e.status(), 501);
     }
 
     #[test]
     fn expect_continue_detected() {
-        let r = parse("POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n").unwrap();
+        let r = parse("POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n").unwrap();
         assert!(r.expect_continue);
     }
 
@@ -318,6 +334,15 @@ mod tests {
     #[test]
     fn partial_head_needs_more() {
         assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost:", peer()), ParseOutcome::Partial));
+    }
+
+    #[test]
+    fn http11_needs_one_valid_host() {
+        assert!(parse("GET / HTTP/1.1\r\n\r\n").is_err());
+        assert!(parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").is_err());
+        assert!(parse("GET / HTTP/1.1\r\nHost: a b\r\n\r\n").is_err());
+        assert!(parse("GET / HTTP/1.1\r\nHost: [::1]:9000\r\n\r\n").is_ok());
+        assert!(parse("GET / HTTP/1.0\r\n\r\n").is_ok());
     }
 
     #[test]

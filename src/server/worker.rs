@@ -96,14 +96,18 @@ fn serve_request(conn: &mut Connection, request: Request, app: &App) -> Next {
     let peer = conn.peer;
     let mut body = BodyReader::new(conn, request.body, request.expect_continue);
 
-    let permit = app.limiter.try_acquire();
+    let permit = app.limiter.try_acquire(peer.ip());
     let (response, panicked) = match &permit {
-        None => (ApiError::TooManyRequests.to_response(), false),
-        Some(_) => run_handler(app, &request, &mut body),
+        Err(refusal) => {
+            log::debug!("no token for {peer}: {refusal:?}");
+            (ApiError::TooManyRequests.to_response(), false)
+        }
+        Ok(_) => run_handler(app, &request, &mut body),
     };
 
     let status = response.status;
-    let keep_alive = request.keep_alive && !panicked && !body.must_close() && !app.is_stopping();
+    let body_consumed = !panicked && body.skip_buffered();
+    let keep_alive = request.keep_alive && body_consumed && !app.is_stopping();
     let framing = match (keep_alive, request.minor_version) {
         (false, _) => Framing::Close,
         (true, 0) => Framing::KeepAlive10,
@@ -124,9 +128,9 @@ fn serve_request(conn: &mut Connection, request: Request, app: &App) -> Next {
 
     match (written.is_ok(), keep_alive) {
         (false, _) => Next::Close,
-        (true, true) if body.finish() => Next::KeepAlive,
-        (true, _) if body.consumed_all() => Next::Close,
-        (true, _) => Next::Linger,
+        (true, true) => Next::KeepAlive,
+        (true, false) if body_consumed => Next::Close,
+        (true, false) => Next::Linger,
     }
 }
 

@@ -81,6 +81,12 @@ impl Storage for LocalStorage {
 
         sync_dir(&self.dir).map_err(|e| StorageError::io(format!("sync folder {}", self.dir.display()), e))
     }
+
+    fn delete(&self, id: &str) -> Result<(), StorageError> {
+        let path = self.path_of(id);
+        std::fs::remove_file(&path).map_err(|e| not_found_or(e, &path, "remove"))?;
+        sync_dir(&self.dir).map_err(|e| StorageError::io(format!("sync folder {}", self.dir.display()), e))
+    }
 }
 
 struct LocalSource {

@@ -61,6 +61,9 @@ pub trait Storage: Send + Sync {
     /// whether the commit succeeded or not.
     fn commit(&self, staged: &Path, id: &str, overwrite: bool) -> Result<(), StorageError>;
 
+    /// Removes a stored video; [`StorageError::NotFound`] when there is none.
+    fn delete(&self, id: &str) -> Result<(), StorageError>;
+
     /// A URL the client should fetch `id` from instead of this server, such as a presigned
     /// bucket URL, or `None` when this server sends the bytes itself (the default).
     fn redirect_url(&self, _id: &str) -> Option<Result<String, StorageError>> {

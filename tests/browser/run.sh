@@ -2,17 +2,18 @@
 # Runs the headless Chromium end-to-end tests of the test page and of CORS playback.
 #
 # It starts, on free loopback ports, each with its own temporary video_dir:
-#   - streamserver "main": the test page tests; its cors_allow_origins lists an unrelated
-#     origin only, so the page server's origin is not allowed there;
-#   - streamserver "cors": cors_allow_origins lists the page server's origin;
+#   - streamserver "main": the test page tests. It requires an upload token, and its
+#     cors_allow_origins lists an unrelated origin only, so the page server's origin is not
+#     allowed there;
+#   - streamserver "cors": no upload token, and cors_allow_origins lists the page server's origin;
 #   - a static page server (python3 http.server) for a page on that other origin.
 # Then it runs testpage.mjs, which prints PASS/FAIL lines and "N passed, M failed".
 #
 # Environment:
-#   STREAMSERVER_BIN     the server binary (default: target/release/streamserver, relative to
-#                        the repository root; built with `cargo build --release` when missing)
-#   CHROMIUM_BIN         the browser (default: /usr/bin/chromium, installed with apt-get when missing)
-#   TESTPAGE_SCREENSHOT  when set, a PNG of the test page after the upload is written there
+#   STREAMSERVER_BIN     the server binary, used as it is. Default: target/release/streamserver
+#                        under the repository root, brought up to date with `cargo build --release`.
+#   CHROMIUM_BIN         the browser. Default: /usr/bin/chromium, installed with apt-get when missing.
+#   TESTPAGE_SCREENSHOT  a path. When set, a PNG of the test page after the upload is written there.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -30,14 +31,13 @@ fail_setup() {
     exit 1
 }
 
+# Without STREAMSERVER_BIN, cargo rebuilds the default binary when a source changed, upload.html
+# included, because the server builds the page into the binary.
 ensure_binary() {
-    if [[ -x "$bin" ]]; then
+    if [[ -n "${STREAMSERVER_BIN:-}" ]]; then
+        [[ -x "$bin" ]] || fail_setup "STREAMSERVER_BIN=$STREAMSERVER_BIN is not an executable file; build it or unset the variable"
         return
     fi
-    if [[ -n "${STREAMSERVER_BIN:-}" ]]; then
-        fail_setup "STREAMSERVER_BIN=$STREAMSERVER_BIN is not an executable file; build it or unset the variable"
-    fi
-    echo "building $bin with cargo build --release"
     cargo build --release --quiet || fail_setup "cargo build --release failed"
 }
 
@@ -79,16 +79,16 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Starts streamserver with a JSON config; sets $started_pid.
+# Starts streamserver in the background with a JSON config, logging to $work/NAME.log.
 start_streamserver() {
     local name="$1" port="$2" config_json="$3"
     echo "$config_json" >"$work/$name.json"
-    RUST_LOG=info "$bin" --config "$work/$name.json" --listen "127.0.0.1:$port" >"$work/$name.log" 2>&1 &
-    started_pid=$!
-    pids+=("$started_pid")
+    # An upload token from the caller's environment would override the one in the config.
+    env -u STREAMSERVER_UPLOAD_TOKEN RUST_LOG=info "$bin" --config "$work/$name.json" --listen "127.0.0.1:$port" >"$work/$name.log" 2>&1 &
+    pids+=("$!")
 }
 
-# Waits up to 10 s for a URL to answer 200; shows the log on failure.
+# Waits up to 10 s for a URL to return 200, and prints the server log when it does not.
 wait_ready() {
     local url="$1" log="$2"
     for _ in $(seq 100); do
@@ -99,7 +99,7 @@ wait_ready() {
     done
     echo "--- $log" >&2
     cat "$log" >&2 || true
-    fail_setup "$url did not answer within 10 s"
+    fail_setup "$url did not return 200 within 10 s"
 }
 
 cleanup() {
@@ -134,10 +134,11 @@ main_port="$(free_port)"
 cors_port="$(free_port)"
 page_port="$(free_port)"
 page_origin="http://127.0.0.1:$page_port"
+upload_token="browser-test-token-$RANDOM$RANDOM"
 mkdir -p "$work/main-videos" "$work/cors-videos" "$work/pages"
 
 start_streamserver main "$main_port" \
-    "{\"video_dir\": \"$work/main-videos\", \"cors_allow_origins\": [\"http://127.0.0.1:9\"]}"
+    "{\"video_dir\": \"$work/main-videos\", \"upload_token\": \"$upload_token\", \"cors_allow_origins\": [\"http://127.0.0.1:9\"]}"
 start_streamserver cors "$cors_port" \
     "{\"video_dir\": \"$work/cors-videos\", \"cors_allow_origins\": [\"$page_origin\"]}"
 python3 -m http.server "$page_port" --bind 127.0.0.1 --directory "$work/pages" >"$work/pages.log" 2>&1 &
@@ -151,6 +152,7 @@ wait_ready "$page_origin/ready.txt" "$work/pages.log"
 status=0
 MAIN_URL="http://127.0.0.1:$main_port" \
 MAIN_VIDEO_DIR="$work/main-videos" \
+UPLOAD_TOKEN="$upload_token" \
 CORS_URL="http://127.0.0.1:$cors_port" \
 PAGE_ORIGIN="$page_origin" \
 PAGE_DIR="$work/pages" \

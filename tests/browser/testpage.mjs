@@ -1,6 +1,6 @@
 // End-to-end tests in headless Chromium: the upload test page, playback with seeking, and
 // cross-origin (CORS) playback. run.sh starts the servers and passes their addresses in the
-// environment; this script only drives the browser and checks results.
+// environment, so this script only drives the browser and checks results.
 //
 // Each test prints "PASS name" or "FAIL name: reason"; the last line is "N passed, M failed" and
 // the exit status is 1 when any test failed.
@@ -27,7 +27,7 @@ const SEEK_TO = 3;
 const PLAYED_PAST = 3.5;
 
 const env = readEnvironment([
-  "MAIN_URL", "MAIN_VIDEO_DIR", "CORS_URL", "PAGE_ORIGIN", "PAGE_DIR", "CLIP", "CHROMIUM_BIN",
+  "MAIN_URL", "MAIN_VIDEO_DIR", "UPLOAD_TOKEN", "CORS_URL", "PAGE_ORIGIN", "PAGE_DIR", "CLIP", "CHROMIUM_BIN",
 ]);
 let passed = 0;
 let failed = 0;
@@ -65,7 +65,7 @@ function sha256(bytes) {
   return createHash("sha256").update(bytes).digest("hex");
 }
 
-/** Clicks #upload and waits until the page reports success or failure; returns #status. */
+/** Clicks #upload, waits until the page reports success or failure, and returns #status. */
 async function clickUploadAndWait(page) {
   await page.click("#upload");
   await page.waitForFunction(
@@ -77,6 +77,28 @@ async function clickUploadAndWait(page) {
     text: document.querySelector("#status").textContent,
     kind: document.querySelector("#status").className,
   }));
+}
+
+/** Collects the page's media responses, so tests can check that players used Range requests. */
+function recordMediaResponses(page) {
+  const responses = [];
+  page.on("response", (response) => {
+    if (response.request().resourceType() === "media") {
+      responses.push(response);
+    }
+  });
+  return responses;
+}
+
+/** Checks that some media response for `url` was a 206 response to a Range request. */
+function checkRangeResponse(responses, url, size) {
+  const seen = responses.filter((r) => r.url() === url).map((r) => `${r.status()} ${r.headers()["content-range"] ?? "-"}`);
+  const ranged = responses.some((r) => r.url() === url
+    && r.request().headers().range !== undefined
+    && r.status() === 206
+    && r.headers()["accept-ranges"] === "bytes"
+    && (r.headers()["content-range"] ?? "").endsWith(`/${size}`));
+  check(ranged, `no 206 response to a Range request for ${url}; media responses seen: ${seen.join(", ") || "none"}`);
 }
 
 /**
@@ -115,13 +137,14 @@ async function playAndSeek(page, selector) {
 async function testPageTests(browser, clip) {
   const page = await browser.newPage();
   page.setDefaultTimeout(WAIT_MS);
+  const mediaResponses = recordMediaResponses(page);
   const pickedName = ".big buck bunny (1).mp4";
   const expectedId = "big_buck_bunny__1_.mp4";
   let uploaded = false;
 
   await test("test page loads", async () => {
     const response = await page.goto(`${env.MAIN_URL}/testpage`);
-    check(response.status() === 200, `GET /testpage answered ${response.status()}`);
+    check(response.status() === 200, `GET /testpage returned ${response.status()}`);
     for (const id of ["file", "video-id", "token", "overwrite", "upload", "progress", "status", "player", "play-id", "play"]) {
       check(await page.locator(`#${id}`).count() === 1, `element #${id} is missing`);
     }
@@ -133,7 +156,17 @@ async function testPageTests(browser, clip) {
     check(id === expectedId, `#video-id is ${JSON.stringify(id)}, expected ${JSON.stringify(expectedId)}`);
   });
 
+  await test("upload without valid token shows 401", async () => {
+    for (const token of ["", "wrong-token-0123456789"]) {
+      await page.fill("#token", token);
+      const status = await clickUploadAndWait(page);
+      check(status.kind === "error", `with token ${JSON.stringify(token)}, #status is ${JSON.stringify(status.text)}`);
+      check(status.text.includes("(unauthorized, HTTP 401)"), `with token ${JSON.stringify(token)}, #status ${JSON.stringify(status.text)} lacks the 401 code`);
+    }
+  });
+
   await test("upload through page succeeds", async () => {
+    await page.fill("#token", env.UPLOAD_TOKEN);
     const status = await clickUploadAndWait(page);
     check(status.kind === "ok", `#status is ${JSON.stringify(status.text)}`);
     check(status.text.includes(`${clip.length} bytes`), `#status does not give the size ${clip.length}: ${JSON.stringify(status.text)}`);
@@ -151,7 +184,7 @@ async function testPageTests(browser, clip) {
 
     const response = await fetch(`${env.MAIN_URL}/videos/${expectedId}`, { signal: AbortSignal.timeout(WAIT_MS) });
     const served = Buffer.from(await response.arrayBuffer());
-    check(response.status === 200, `GET /videos/${expectedId} answered ${response.status}`);
+    check(response.status === 200, `GET /videos/${expectedId} returned ${response.status}`);
     check(sha256(served) === sha256(clip), `GET returned ${served.length} bytes that differ from the clip`);
   });
 
@@ -163,6 +196,10 @@ async function testPageTests(browser, clip) {
     }
   });
 
+  await test("player uses Range requests", async () => {
+    checkRangeResponse(mediaResponses, `${env.MAIN_URL}/videos/${expectedId}`, clip.length);
+  });
+
   await test("second upload without overwrite shows 409", async () => {
     const status = await clickUploadAndWait(page);
     check(status.kind === "error", `#status is ${JSON.stringify(status.text)}, expected an error`);
@@ -171,11 +208,16 @@ async function testPageTests(browser, clip) {
     }
   });
 
-  await test("upload with overwrite replaces video", async () => {
+  await test("upload with overwrite succeeds", async () => {
     await page.check("#overwrite");
+    const requestEvent = page.waitForRequest((r) => r.method() === "POST", { timeout: WAIT_MS });
     const status = await clickUploadAndWait(page);
+    const request = await requestEvent;
     await page.uncheck("#overwrite");
+
     check(status.kind === "ok", `#status is ${JSON.stringify(status.text)}`);
+    check(request.url().endsWith("?overwrite=true"), `the upload went to ${request.url()}`);
+    check(request.headers().authorization === `Bearer ${env.UPLOAD_TOKEN}`, "the upload did not send the token as a Bearer Authorization header");
   });
 
   await test("play button plays stored id", async () => {
@@ -196,17 +238,19 @@ async function testPageTests(browser, clip) {
   await page.close();
 }
 
-/** Stores the clip on the CORS server through the API, as the page's upload would. */
-async function uploadFromNode(baseUrl, id, clip) {
+/** Stores the clip on a server through the API, as the page's upload would. */
+async function uploadFromNode(baseUrl, id, clip, token) {
   const form = new FormData();
   form.append("file", new Blob([clip], { type: "video/mp4" }), "clip.mp4");
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
   const response = await fetch(`${baseUrl}/upload/${id}`, {
     method: "POST",
+    headers,
     body: form,
     signal: AbortSignal.timeout(WAIT_MS),
   });
   const body = await response.text();
-  check(response.status === 201, `POST ${baseUrl}/upload/${id} answered ${response.status}: ${body}`);
+  check(response.status === 201, `POST ${baseUrl}/upload/${id} returned ${response.status}: ${body}`);
 }
 
 async function corsTests(browser, clip) {
@@ -223,22 +267,24 @@ async function corsTests(browser, clip) {
   );
   const page = await browser.newPage();
   page.setDefaultTimeout(WAIT_MS);
+  const mediaResponses = recordMediaResponses(page);
 
   await test("cross-origin video plays and seeks", async () => {
     await uploadFromNode(env.CORS_URL, id, clip);
-    await uploadFromNode(env.MAIN_URL, id, clip);
+    await uploadFromNode(env.MAIN_URL, id, clip, env.UPLOAD_TOKEN);
     const response = await page.goto(`${env.PAGE_ORIGIN}/cors.html`);
-    check(response.status() === 200, `GET ${env.PAGE_ORIGIN}/cors.html answered ${response.status()}`);
+    check(response.status() === 200, `GET ${env.PAGE_ORIGIN}/cors.html returned ${response.status()}`);
     await playAndSeek(page, "#remote");
+    checkRangeResponse(mediaResponses, allowedUrl, clip.length);
   });
 
   await test("cross-origin fetch reads exposed headers", async () => {
     const result = await page.evaluate(async (url) => {
-      const response = await fetch(url, { headers: { Range: "bytes=0-99" } });
+      const response = await fetch(url, { headers: { Range: "bytes=0-99" }, cache: "no-store" });
       const body = await response.arrayBuffer();
       return { status: response.status, contentRange: response.headers.get("content-range"), length: body.byteLength };
     }, allowedUrl);
-    check(result.status === 206, `fetch answered ${result.status}, expected 206`);
+    check(result.status === 206, `fetch returned ${result.status}, expected 206`);
     check(result.contentRange === `bytes 0-99/${clip.length}`, `Content-Range is ${JSON.stringify(result.contentRange)}`);
     check(result.length === 100, `the body has ${result.length} bytes, expected 100`);
   });
@@ -246,7 +292,7 @@ async function corsTests(browser, clip) {
   await test("fetch from unlisted origin is blocked", async () => {
     const outcome = await page.evaluate(async (url) => {
       try {
-        const response = await fetch(url);
+        const response = await fetch(url, { cache: "no-store" });
         return `fetch succeeded with status ${response.status}`;
       } catch (error) {
         return `blocked: ${error.name}`;

@@ -325,3 +325,60 @@ fn next_id() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+impl TestServer {
+    /// Starts a local-storage server whose `RLIMIT_NOFILE` is `fd_limit`, set in the child
+    /// between fork and exec, so tests can run it out of file descriptors.
+    pub fn start_with_fd_limit(overrides: Value, fd_limit: u64) -> TestServer {
+        let dir = tempfile::tempdir().expect("creating a temporary folder");
+        let video_dir = dir.path().join("videos");
+        std::fs::create_dir_all(&video_dir).unwrap();
+
+        let mut config = json!({
+            "listen": "127.0.0.1:0",
+            "video_dir": video_dir,
+            "idle_timeout_secs": 10,
+            "header_timeout_secs": 5,
+        });
+        merge(&mut config, overrides);
+        let config_path = dir.path().join("conf.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+
+        let port = free_port();
+        let log_path = dir.path().join("server.log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_streamserver"));
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap());
+        let limit = libc::rlimit { rlim_cur: fd_limit, rlim_max: fd_limit };
+        // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
+        // which is async-signal-safe, on a value copied into the closure.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command.spawn().expect("starting the streamserver binary with a low fd limit");
+
+        let server = TestServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            video_dir,
+            backend: Backend::Local,
+            log_path,
+            child,
+        };
+        server.wait_until_ready();
+        server
+    }
+}
