@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use, when missing: chromium (browser tests), ffmpeg
-# (ffprobe and ffmpeg over HTTP), aria2 (parallel ranged downloads), curl. Needs root.
+# (ffprobe and ffmpeg over HTTP), aria2 (parallel ranged downloads), curl, and the OpenSSL
+# headers the S3 client builds against. Needs root.
 set -euo pipefail
-packages=(chromium ffmpeg aria2 curl)
+packages=(chromium ffmpeg aria2 curl pkg-config libssl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -33,7 +33,9 @@ pub struct Config {
     /// Most ranges served as one `multipart/byteranges` answer; more get the whole file.
     /// Default: 16.
     pub max_ranges: usize,
-    /// `Cache-Control` value sent with media. Default: `public, max-age=3600`.
+    /// `Cache-Control` value sent with media. The default lets caches keep a video but check
+    /// its ETag before each reuse, so a replaced video is never served stale; set a long
+    /// `max-age` when videos are never replaced. Default: `public, no-cache`.
     pub cache_control: String,
     /// Origins allowed to read media through CORS, or `["*"]` for any. Default: none.
     pub cors_allow_origins: Vec<String>,
@@ -62,7 +64,7 @@ impl Default for Config {
             header_timeout_secs: 10,
             idle_timeout_secs: 60,
             max_ranges: 16,
-            cache_control: "public, max-age=3600".to_string(),
+            cache_control: "public, no-cache".to_string(),
             cors_allow_origins: Vec::new(),
             max_connections: 4096,
             shutdown_grace_secs: 10,

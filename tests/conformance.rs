@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 /// 2014-06-25T17:12:18Z, the modification time of Go's `range_with_modtime` case.
 const MODIFIED_SECS: u64 = 1_403_716_338;
 const MODIFIED_DATE: &str = "Wed, 25 Jun 2014 17:12:18 GMT";
-const DEFAULT_CACHE_CONTROL: &str = "public, max-age=3600";
+const DEFAULT_CACHE_CONTROL: &str = "public, no-cache";
 const ALLOWED_ORIGIN: &str = "https://player.example";
 
 // ---------------------------------------------------------------------------------------------

@@ -144,16 +144,19 @@ fn render_head(
     body_len: u64,
     framing: Framing,
 ) -> Vec<u8> {
-    let mut head = String::with_capacity(256);
-    head.push_str(&format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)));
-    head.push_str(&format!("Date: {}\r\n", httpdate::fmt_http_date(SystemTime::now())));
+    use std::fmt::Write as _;
+
+    // Writing into a String cannot fail, so the results of write! are ignored.
+    let mut head = String::with_capacity(512);
+    let _ = write!(head, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    let _ = write!(head, "Date: {}\r\n", current_http_date());
     head.push_str("Server: streamserver\r\n");
     for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
+        let _ = write!(head, "{name}: {value}\r\n");
     }
     // RFC 9110 §8.6: no Content-Length on 204, and a 304 carries no body headers.
     if status != 204 && status != 304 {
-        head.push_str(&format!("Content-Length: {body_len}\r\n"));
+        let _ = write!(head, "Content-Length: {body_len}\r\n");
     }
     match framing {
         Framing::KeepAlive11 => {}
@@ -162,6 +165,25 @@ fn render_head(
     }
     head.push_str("\r\n");
     head.into_bytes()
+}
+
+/// The current time as an HTTP-date, formatted once per second per thread.
+fn current_http_date() -> String {
+    use std::cell::RefCell;
+    use std::time::UNIX_EPOCH;
+
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != second {
+            *cache = (second, httpdate::fmt_http_date(now));
+        }
+        cache.1.clone()
+    })
 }
 
 fn write_body(stream: &mut TcpStream, body: Body) -> io::Result<u64> {

@@ -382,3 +382,69 @@ impl TestServer {
         server
     }
 }
+
+impl TestServer {
+    /// Starts a local-storage server that listens on `listen_ip` (such as `0.0.0.0`) at a free
+    /// port, with `env` added to its environment. `addr` stays on 127.0.0.1, which reaches a
+    /// wildcard listener too.
+    pub fn start_custom(overrides: Value, listen_ip: &str, env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("creating a temporary folder");
+        let video_dir = dir.path().join("videos");
+        std::fs::create_dir_all(&video_dir).unwrap();
+
+        let mut config = json!({
+            "listen": "127.0.0.1:0",
+            "video_dir": video_dir,
+            "idle_timeout_secs": 10,
+            "header_timeout_secs": 5,
+        });
+        merge(&mut config, overrides);
+        let config_path = dir.path().join("conf.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+
+        let port = free_port();
+        let log_path = dir.path().join("server.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_streamserver"))
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--listen")
+            .arg(format!("{listen_ip}:{port}"))
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("starting the streamserver binary");
+
+        let server = TestServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            video_dir,
+            backend: Backend::Local,
+            log_path,
+            child,
+        };
+        server.wait_until_ready();
+        server
+    }
+
+    /// Sends `signal` (such as `libc::SIGINT` or `libc::SIGKILL`) to the server process.
+    pub fn send_signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid this test spawned and has not reaped yet.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed: {}", self.child.id(), std::io::Error::last_os_error());
+    }
+
+    /// Waits up to `timeout` for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
