@@ -37,7 +37,8 @@ pub struct Config {
     /// its ETag before each reuse, so a replaced video is never served stale; set a long
     /// `max-age` when videos are never replaced. Default: `public, no-cache`.
     pub cache_control: String,
-    /// Origins allowed to read media through CORS, or `["*"]` for any. Default: none.
+    /// Origins allowed to read media, upload and delete through CORS, or `["*"]` for any.
+    /// Default: none.
     pub cors_allow_origins: Vec<String>,
     /// Open sockets beyond which new connections are closed at once. Default: 4096.
     pub max_connections: usize,

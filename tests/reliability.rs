@@ -22,6 +22,9 @@
 //! - SIGTERM with an upload stalled past `shutdown_grace_secs`: the log names the cut-off request,
 //!   the temporary file is removed, the video it would replace is untouched, exit status 0;
 //! - SIGINT shuts down the same way;
+//! - two server processes on one `video_dir`, as during a restart while the old one drains: the
+//!   new one's startup cleanup and the old one's shutdown cleanup leave the other's upload in
+//!   flight alone, so it completes with 201;
 //! - `kill -9` during uploads: after a restart, every upload answered 201 is byte-exact, no final
 //!   name holds a partial file, an overwrite in progress left the old video, every stale
 //!   `.upload-*.part` file is removed (and counted in the log), and other files survive: a
@@ -742,6 +745,49 @@ fn sigint_stops_like_sigterm() {
     assert!(log.contains("streamserver stopped"), "log:\n{log}");
 }
 
+/// Asserts that a stalled upload to `server` can still complete and be stored, after another
+/// server process on the same `video_dir` started or stopped.
+fn assert_upload_survives(server: &TestServer, upload: StalledUpload, video_dir: &Path, id: &str, data: &[u8]) {
+    let response = upload.finish();
+    assert_eq!(response.status, 201, "{}; log:\n{}", response.text(), server.log());
+    assert!(std::fs::read(video_dir.join(id)).unwrap() == data, "{id} differs");
+}
+
+#[test]
+fn restart_during_grace_keeps_inflight_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let video_dir = dir.path().join("videos");
+    let mut old = TestServer::start(json!({"video_dir": video_dir, "shutdown_grace_secs": 10}));
+    let data = variant(1 << 20, 8);
+    let upload = StalledUpload::start(&old, "draining.mp4", &data);
+    assert!(wait_until(Duration::from_secs(5), || temp_files(&video_dir).len() == 1));
+
+    old.send_signal(libc::SIGTERM);
+    assert_listener_closes(&old);
+    let _new = TestServer::start(json!({"video_dir": video_dir}));
+
+    assert_upload_survives(&old, upload, &video_dir, "draining.mp4", &data);
+    let status = old.wait_exit(Duration::from_secs(15)).expect("the old server exits");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn shutdown_cleanup_spares_other_server_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let video_dir = dir.path().join("videos");
+    let mut old = TestServer::start(json!({"video_dir": video_dir, "shutdown_grace_secs": 1}));
+    let new = TestServer::start(json!({"video_dir": video_dir}));
+    let data = variant(1 << 20, 9);
+    let upload = StalledUpload::start(&new, "fresh.mp4", &data);
+    assert!(wait_until(Duration::from_secs(5), || temp_files(&video_dir).len() == 1));
+
+    old.send_signal(libc::SIGTERM);
+    let status = old.wait_exit(Duration::from_secs(10)).expect("the old server exits");
+    assert_eq!(status.code(), Some(0));
+
+    assert_upload_survives(&new, upload, &video_dir, "fresh.mp4", &data);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Crash safety
 // ---------------------------------------------------------------------------------------------
@@ -912,7 +958,7 @@ fn full_disk_upload_is_507_and_server_recovers() {
     let served = server.get("/videos/existing.mp4", &[]);
     assert_eq!(served.status, 200);
     assert!(served.body == old);
-    let health = server.get("/healthz", &[]).json();
+    let health = wait_for_tokens_in_use(&server, 0);
     assert_eq!(health["tokens_in_use"], 0, "log:\n{}", server.log());
 
     let small = variant(200_000, 32);
