@@ -138,8 +138,10 @@ class Soak:
                 self.record_failure(label, e)
                 continue
             self.record_status(label, response.status, error_body)
-            if response.status == 200 and digest != self.digests[name]:
-                self.record_mismatch(f"{label}: {length} bytes differ from the file")
+            if response.status == 200:
+                self.tally.add("full_downloads")
+                if digest != self.digests[name]:
+                    self.record_mismatch(f"{label}: {length} bytes differ from the file")
 
     def range_downloader(self, rng):
         names = list(self.files)
@@ -162,8 +164,10 @@ class Soak:
                 conn = None
                 continue
             self.record_status(label, response.status, body)
-            if response.status == 206 and body != data[expected[0]:expected[1]]:
-                self.record_mismatch(f"{label}: {len(body)} bytes differ")
+            if response.status == 206:
+                self.tally.add("ranged_downloads")
+                if body != data[expected[0]:expected[1]]:
+                    self.record_mismatch(f"{label}: {len(body)} bytes differ")
             if response.getheader("Connection", "").lower() == "close":
                 conn.close()
                 conn = None
@@ -207,6 +211,7 @@ class Soak:
         self.record_status(label, response.status, answer)
         if response.status != 201:
             return False
+        self.tally.add("uploads")
         if json.loads(answer).get("size") != len(data):
             self.record_mismatch(f"{label}: answered {answer!r} for {len(data)} bytes")
         return True
@@ -223,6 +228,8 @@ class Soak:
             self.record_failure(label, e)
             return
         self.record_status(label, response.status, body)
+        if response.status == 200:
+            self.tally.add("read_backs")
         if response.status == 200 and body != data:
             self.record_mismatch(f"{label}: {len(body)} bytes differ from the upload")
 
@@ -292,6 +299,7 @@ class Soak:
                 while time.monotonic() < session_end and sock.recv(16 * 1024):
                     time.sleep(0.05)
                 sock.close()
+                self.tally.add("slow_sessions")
             except OSError as e:
                 self.record_failure(f"slow GET /videos/{big}", e)
 
@@ -494,6 +502,9 @@ def report(soak, tokens, temp_left, stuck):
 
     print(f"requests (well-formed, answered): {tally.get('requests')}")
     print(f"429 too_many_requests (not an error): {tally.get('429')}")
+    print(f"full downloads: {tally.get('full_downloads')}, ranged downloads: {tally.get('ranged_downloads')}, "
+          f"uploads stored: {tally.get('uploads')} (read back: {tally.get('read_backs')}), "
+          f"slow-reader sessions: {tally.get('slow_sessions')}")
     print(f"client hang-ups: {tally.get('hangups')}, malformed requests answered: {tally.get('malformed')}, "
           f"malformed without an answer: {tally.get('malformed_no_answer')}")
     checks = [

@@ -277,10 +277,17 @@ impl Config {
             return Err("field `cache_control`: must not contain line breaks".into());
         }
         self.storage.validate()?;
+        if self.max_conns_per_ip.is_some_and(|n| n > self.max_conns) {
+            return Err(format!(
+                "field `max_conns_per_ip`: {} is more than max_conns ({}); lower it or raise max_conns",
+                self.max_conns_per_ip.unwrap_or(0),
+                self.max_conns
+            ));
+        }
         for origin in &self.cors_allow_origins {
-            if origin.is_empty() || origin.contains(['\r', '\n', ' ', ',']) {
+            if origin != "*" && !is_origin(origin) {
                 return Err(format!(
-                    "field `cors_allow_origins`: {origin:?} is not an origin such as \"https://example.com\""
+                    "field `cors_allow_origins`: {origin:?} is not an origin such as \"https://example.com\" (scheme and host, optional port, no path or trailing slash)"
                 ));
             }
         }
@@ -306,6 +313,17 @@ impl Config {
     pub fn worker_count(&self) -> usize {
         self.workers.unwrap_or(self.max_conns + 8)
     }
+}
+
+/// True for a serialized origin as browsers send it: `scheme://host[:port]`, no path.
+fn is_origin(value: &str) -> bool {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    let host_ok = !rest.is_empty()
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    scheme_ok && host_ok
 }
 
 /// Parses the JSON text of a config file; a type error names the field that caused it.
@@ -426,6 +444,22 @@ mod tests {
     fn unknown_backend_rejected() {
         let err = parse(r#"{"storage": {"backend": "gcs"}}"#).unwrap_err();
         assert!(err.contains("storage"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        assert!(parse(r#"{"cors_allow_origins": ["https://a.example:8080", "*"]}"#).is_ok());
+        for bad in ["example.com", "http://x.test/", "http://x.test/path", "", "http://a b"] {
+            let json = format!(r#"{{"cors_allow_origins": [{bad:?}]}}"#);
+            let err = parse(&json).unwrap_err();
+            assert!(err.contains("cors_allow_origins"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn per_ip_share_cannot_exceed_bucket() {
+        let err = parse(r#"{"max_conns": 4, "max_conns_per_ip": 10}"#).unwrap_err();
+        assert!(err.contains("max_conns_per_ip"), "{err}");
     }
 
     #[test]

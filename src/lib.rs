@@ -32,13 +32,17 @@ use storage::local::LocalStorage;
 use storage::Storage;
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config) -> Result<(), StartError> {
     signals::block_shutdown_signals();
 
     let storage = open_storage(&config)?;
     let app = Arc::new(App::new(config.clone(), storage.clone()));
-    let mut server = Server::start(&config, app.clone())
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let mut server = Server::start(&config, app.clone()).map_err(|e| {
+        StartError::Runtime(format!(
+            "cannot listen on {}: {e}; stop the process using it or choose another address with --listen",
+            config.listen
+        ))
+    })?;
     log_startup(&config, &server, storage.as_ref());
 
     let signal = signals::wait_for_shutdown_signal();
@@ -50,9 +54,28 @@ pub fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, String> {
-    let local = LocalStorage::new(&config.video_dir)
-        .map_err(|e| format!("cannot use video_dir {}: {e}", config.video_dir.display()))?;
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A setting cannot work, such as missing S3 credentials; exit status 2.
+    Config(String),
+    /// The machine or a service refused, such as a port in use or an unreachable bucket;
+    /// exit status 1.
+    Runtime(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(message) | StartError::Runtime(message) => f.write_str(message),
+        }
+    }
+}
+
+fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StartError> {
+    let local = LocalStorage::new(&config.video_dir).map_err(|e| {
+        StartError::Runtime(format!("cannot use video_dir {}: {e}", config.video_dir.display()))
+    })?;
     match storage::remove_stale_temp_files(&config.video_dir) {
         Ok(0) => {}
         Ok(n) => log::info!("removed {n} upload temporary files left by an earlier run"),
@@ -62,9 +85,10 @@ fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, String> {
         config::StorageBackend::Local => Ok(Arc::new(local)),
         config::StorageBackend::S3 => {
             // `video_dir` stays the staging folder for uploads on their way to the bucket.
-            let credentials = storage::s3::EnvCredentials::from_env()?;
-            let s3 = storage::s3::S3Storage::new(&config.storage, &config.video_dir, credentials)?;
-            s3.check_bucket()?;
+            let credentials = storage::s3::EnvCredentials::from_env().map_err(StartError::Config)?;
+            let s3 = storage::s3::S3Storage::new(&config.storage, &config.video_dir, credentials)
+                .map_err(StartError::Config)?;
+            s3.check_bucket().map_err(StartError::Runtime)?;
             Ok(Arc::new(s3))
         }
     }
@@ -74,7 +98,7 @@ fn log_startup(config: &Config, server: &Server, storage: &dyn Storage) {
     log::info!(
         "streamserver {} listening on {}; storage: {}; max_conns {}, max_conns_per_ip {}, workers {}, \
          max_upload_bytes {}, header_timeout_secs {}, idle_timeout_secs {}, max_connections {}, \
-         shutdown_grace_secs {}, upload token {}",
+         shutdown_grace_secs {}, max_ranges {}, cache_control {:?}, cors_allow_origins {:?}, upload token {}",
         env!("CARGO_PKG_VERSION"),
         server.local_addr(),
         storage.describe(),
@@ -86,6 +110,9 @@ fn log_startup(config: &Config, server: &Server, storage: &dyn Storage) {
         config.idle_timeout_secs,
         config.max_connections,
         config.shutdown_grace_secs,
+        config.max_ranges,
+        config.cache_control,
+        config.cors_allow_origins,
         if config.upload_token.is_some() { "required" } else { "not set" },
     );
     if config.upload_token.is_none() && !server.local_addr().ip().is_loopback() {

@@ -83,10 +83,12 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match streamserver::run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            log::error!("{message}");
-            eprintln!("streamserver: {message}");
-            ExitCode::FAILURE
+        Err(error) => {
+            log::error!("{error}");
+            match error {
+                streamserver::StartError::Config(_) => ExitCode::from(2),
+                streamserver::StartError::Runtime(_) => ExitCode::FAILURE,
+            }
         }
     }
 }

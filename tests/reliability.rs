@@ -15,12 +15,14 @@
 //! - without a token, listening on 0.0.0.0 logs a warning that anyone can upload; listening on
 //!   127.0.0.1, or on 0.0.0.0 with a token, logs none;
 //! - `DELETE /videos/{id}` answers 204 without `Content-Length` and removes the file, then 404
-//!   `video_not_found`; a download already in flight still completes byte-exact;
+//!   `video_not_found`; a download already in flight still completes byte-exact; a folder in
+//!   `video_dir` is no video, so `GET` and `DELETE` of its name both get 404 and it stays;
 //! - SIGTERM: new connections are refused, idle keep-alive connections are closed, a download and
 //!   an upload in flight complete (the upload is stored, answered with `Connection: close`), and
 //!   the process exits with status 0 without cutting anything off;
 //! - SIGTERM with an upload stalled past `shutdown_grace_secs`: the log names the cut-off request,
-//!   the temporary file is removed, the video it would replace is untouched, exit status 0;
+//!   the temporary file is removed, the video it would replace is untouched, exit status 0; a
+//!   download stalled past the grace period is cut off the same way;
 //! - SIGINT shuts down the same way;
 //! - two server processes on one `video_dir`, as during a restart while the old one drains: the
 //!   new one's startup cleanup and the old one's shutdown cleanup leave the other's upload in
@@ -627,6 +629,18 @@ fn delete_removes_video_then_404() {
 }
 
 #[test]
+fn delete_of_folder_is_404() {
+    let server = TestServer::start(json!({}));
+    std::fs::create_dir(server.video_dir.join("archive")).unwrap();
+
+    assert_error(&server.get("/videos/archive", &[]), 404, "video_not_found");
+    let deleted = server.request("DELETE", "/videos/archive", &[]);
+
+    assert_error(&deleted, 404, "video_not_found");
+    assert!(server.video_dir.join("archive").is_dir());
+}
+
+#[test]
 fn delete_during_download_finishes_it() {
     let server = TestServer::start(json!({}));
     let data = big_file();
@@ -726,6 +740,22 @@ fn sigterm_cuts_off_upload_stalled_past_grace() {
     let mut answer = Vec::new();
     let _ = upload.stream.read_to_end(&mut answer);
     assert!(!answer.starts_with(b"HTTP/1.1 201"), "the cut-off upload was answered 201");
+}
+
+#[test]
+fn sigterm_cuts_off_download_past_grace() {
+    let mut server = TestServer::start(json!({"shutdown_grace_secs": 1}));
+    server.put_video("big.bin", &big_file());
+    let mut download = SlowDownload::start(&server, "/videos/big.bin", LOCALHOST);
+
+    server.send_signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(10)).expect("the server exits after the grace period");
+
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
+    let log = server.log();
+    assert!(log.contains("shutdown grace of 1s ran out; cutting off 1 requests in flight"), "log:\n{log}");
+    let _ = download.stream.read_to_end(&mut download.received);
+    assert!(download.received.len() < BIG, "the whole file arrived although the download was cut off");
 }
 
 #[test]

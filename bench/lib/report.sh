@@ -29,24 +29,25 @@ medians() {
         END { flush() }'
 }
 
-# The table rows: metric, label, scale divisor, target kind and target value.
-# Target kinds: ge_nginx (ratio to nginx at least the value), le_goref (at most goref's
-# median), lt (below the value), eq (equal to the value), and - for none.
+# The table rows: metric, label, scale divisor, target kind, target value, and whether the
+# ratios mean anything (not for counts). Target kinds: ge_nginx (ratio to nginx at least the
+# value), le_goref (at most goref's median), lt (below the value), eq (equal to the value),
+# and - for none.
 readonly REPORT_ROWS="\
-startup_ms|startup to first answered request, ms|1|lt|50
-idle_rss_kib|S5 RSS idle, MiB|1024|le_goref|
-s1_mbps|S1 one download of s1.bin, MB/s|1|ge_nginx|1.0
-s2_rps|S2 random 64 KiB ranges, req/s|1|ge_nginx|1.0
-s2_p99_ms|S2 p99 latency, ms|1|le_goref|
-s2_peak_rss_kib|S5 peak RSS under S2, MiB|1024|-|
-s2_failures|S2 failed requests|1|eq|0
-s3_mbps|S3 parallel downloads (max_conns 128), MB/s|1|ge_nginx|1.0
-s3_complete|S3 complete downloads (max_conns 128)|1|-|
-s3_limited_complete|S3 at max_conns 20: complete|1|eq|20
-s3_limited_429|S3 at max_conns 20: answered 429|1|-|
-s3_limited_slowest_429_ms|S3 at max_conns 20: slowest 429, ms|1|-|
-s4_mbps|S4 multipart upload, MB/s|1|ge_nginx|1.0
-s4_peak_rss_kib|S4 peak RSS during the upload, MiB|1024|lt|32"
+startup_ms|startup to first answered request, ms|1|lt|50|y
+idle_rss_kib|S5 RSS idle, MiB|1024|le_goref||y
+s1_mbps|S1 one download of s1.bin, MB/s|1|ge_nginx|1.0|y
+s2_rps|S2 random 64 KiB ranges, req/s|1|ge_nginx|1.0|y
+s2_p99_ms|S2 p99 latency, ms|1|le_goref||y
+s2_peak_rss_kib|S5 peak RSS under S2, MiB|1024|-||y
+s2_failures|S2 failed requests|1|eq|0|n
+s3_mbps|S3 parallel downloads (max_conns 128), MB/s|1|ge_nginx|1.0|y
+s3_complete|S3 complete downloads (max_conns 128)|1|-||n
+s3_limited_complete|S3 at max_conns 20: complete|1|eq|20|n
+s3_limited_429|S3 at max_conns 20: answered 429|1|-||n
+s3_limited_slowest_429_ms|S3 at max_conns 20: slowest 429, ms|1|-||y
+s4_mbps|S4 multipart upload, MB/s|1|ge_nginx|1.0|y
+s4_peak_rss_kib|S4 peak RSS during the upload, MiB|1024|lt|32|y"
 
 # Prints the Markdown table of medians, ratios and targets.
 print_table() {
@@ -62,9 +63,10 @@ print_table() {
             print "| figure | streamserver | nginx | goref | ss/nginx | ss/goref | target |"
             print "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
         }
-        function shown(instance, metric, scale) {
+        function shown(instance, metric, scale,   v) {
             if (!((instance, metric) in value)) return "-"
-            return sprintf("%.1f", value[instance, metric] / scale)
+            v = value[instance, metric] / scale
+            return (v == int(v)) ? sprintf("%d", v) : sprintf("%.1f", v)
         }
         function ratio(metric, peer) {
             if (!(("streamserver", metric) in value) || !((peer, metric) in value)) return "-"
@@ -91,6 +93,7 @@ print_table() {
         seen[$1] {
             printf "| %s | %s | %s | %s | %s | %s | %s |\n", $2,
                 shown("streamserver", $1, $3), shown("nginx", $1, $3), shown("goref", $1, $3),
-                ratio($1, "nginx"), ratio($1, "goref"), verdict($1, $4, $5)
+                ($6 == "y") ? ratio($1, "nginx") : "-", ($6 == "y") ? ratio($1, "goref") : "-",
+                verdict($1, $4, $5)
         }'
 }
