@@ -5,10 +5,10 @@ scripts/soak.sh starts the server and runs this; it can also run against a serve
 hand. Every client thread loops until the deadline or its iteration cap, whichever comes first,
 and every socket has a timeout, so the run ends by itself.
 
-Clients: full downloads and ranged downloads (bytes checked against the files), uploads that
-are read back and deleted (some chunked, some overwriting), clients that hang up mid-download
-or mid-upload, slow readers with a small receive buffer, malformed requests (garbage, a 70 KiB
-head, bad framing, unsupported versions) and a /healthz poller.
+Clients: full and ranged downloads, with their bytes checked against the files. Uploads that
+are read back and deleted, some chunked and some overwriting. Clients that hang up mid-download
+or mid-upload, and slow readers with a small receive buffer. Malformed requests (garbage, a
+70 KiB head, bad framing, unsupported versions), and a /healthz poller.
 
 Figures, each with its limit; the exit status is 1 when any limit fails:
 - 5xx answers to well-formed requests, not counting 503 `too_many_connections`: 0;
@@ -104,7 +104,7 @@ class Soak:
     # -- recording ------------------------------------------------------------------------------
 
     def record_status(self, label, status, body):
-        """Counts the status of an answer to a well-formed request."""
+        """Counts the status of a response to a well-formed request."""
         self.tally.add("requests")
         if status == 429:
             self.tally.add("429")
@@ -382,8 +382,8 @@ class Soak:
 
 
 def read_hashed(response):
-    """Reads a response body: a 200's is hashed as it arrives, any other is kept whole.
-    Returns (sha256 digest, length, body of a non-200 answer)."""
+    """Reads a response body, hashing a 200 body as it arrives and keeping any other whole.
+    Returns (sha256 digest, length, body of a non-200 response)."""
     if response.status != 200:
         body = response.read()
         return None, len(body), body
@@ -416,7 +416,7 @@ def multipart_body(data):
 
 
 def malformed_requests(rng):
-    """Returns (label, bytes, allowed statuses or None when no answer is required)."""
+    """Returns (label, bytes, allowed statuses or None when no response is required)."""
     huge = "X-Filler: " + "a" * (70 * 1024)
     return [
         ("garbage", rng.randbytes(300) + b"\r\n\r\n", {400, 501, 505}),
@@ -526,6 +526,8 @@ def report(soak, tokens, temp_left, stuck):
                 + (f", end/start {end / start:.2f}" if start and end else ""))
     checks.append(("RSS " + rss_text + "; end within 110% of start", "yes" if within else "no", within, None))
 
+    print("RSS timeline: " + rss_timeline(samples, soak.duration))
+
     failed = 0
     for name, value, ok, examples in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {value}")
@@ -537,6 +539,19 @@ def report(soak, tokens, temp_left, stuck):
         print(f"        left: {temp_left[:5]}")
     print("soak: " + ("all figures pass" if failed == 0 else f"{failed} figures fail"))
     return 0 if failed == 0 else 1
+
+
+def rss_timeline(samples, duration):
+    """Returns the RSS at each tenth of the run and at the end, such as `18s 12.1 MiB, ...`."""
+    points = []
+    for tenth in range(1, 11):
+        at = duration * tenth / 10
+        sample = next(((t, rss) for t, rss in samples if t >= at), None)
+        if sample:
+            points.append(f"{sample[0]:.0f}s {fmt_kib(sample[1])}")
+    if samples:
+        points.append(f"end {fmt_kib(samples[-1][1])}")
+    return ", ".join(points)
 
 
 def fmt_kib(kib):

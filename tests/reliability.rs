@@ -88,7 +88,7 @@ fn variant(len: usize, seed: u8) -> Vec<u8> {
     pattern(len).into_iter().map(|b| b ^ seed.wrapping_mul(37).wrapping_add(1)).collect()
 }
 
-/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns its last value.
+/// Polls `condition` every 20 ms until it is true or `timeout` passes, and returns its last value.
 fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -204,7 +204,7 @@ fn connect_from(source: Ipv4Addr, server: SocketAddr, rcvbuf: Option<libc::c_int
     let remote = sockaddr_in(*server.ip(), server.port());
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
 
-    // SAFETY: `fd` is a fresh socket that `TcpStream` then owns and closes; the option and both
+    // SAFETY: `fd` is a fresh socket that `TcpStream` then owns and closes. The option and both
     // address pointers refer to live values of the given lengths.
     let stream = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);

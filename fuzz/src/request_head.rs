@@ -128,7 +128,7 @@ fn count_headers(request: &Request, name: &str) -> usize {
     request.headers.iter().filter(|(header, _)| header == name).count()
 }
 
-/// The non-empty, trimmed, lowercased comma-separated items of every `name` header.
+/// Returns the non-empty, trimmed, lowercased comma-separated items of every `name` header.
 fn header_tokens<'a>(request: &'a Request, name: &'a str) -> impl Iterator<Item = String> + 'a {
     request
         .headers

@@ -163,9 +163,15 @@ impl<'a> BodyReader<'a> {
         let line = self.read_chunk_line()?;
         let digits = line.split(|&b| b == b';').next().unwrap_or(&[]);
         let digits = std::str::from_utf8(digits).map_err(|_| bad_chunk("chunk size is not hex"))?;
-        let digits = digits.trim_matches([' ', '\t']);
+        // RFC 9112 §7.1: chunk-size is 1*HEXDIG, optionally followed by whitespace before an
+        // extension. A sign or leading whitespace is rejected, so no proxy in front can read
+        // the size differently.
+        let digits = digits.trim_end_matches([' ', '\t']);
         if digits.is_empty() || digits.len() > 15 {
             return Err(bad_chunk("chunk size is missing or too long"));
+        }
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad_chunk("chunk size is not hex"));
         }
         u64::from_str_radix(digits, 16).map_err(|_| bad_chunk("chunk size is not hex"))
     }

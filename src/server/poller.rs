@@ -295,10 +295,16 @@ impl Poller {
     /// Reads what the socket has and dispatches a complete head. Returns the connection when
     /// it must wait for more bytes.
     fn read_head(&mut self, mut parked: Parked) -> Option<Parked> {
+        // A client may send its request and shut down its write side at once; the request
+        // still gets its answer, and the connection closes when nothing complete is left.
+        let mut end_of_input = false;
         loop {
             match parked.conn.fill() {
                 Ok(0) if parked.conn.buffer_full() => break,
-                Ok(0) => return None,
+                Ok(0) => {
+                    end_of_input = true;
+                    break;
+                }
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -309,14 +315,20 @@ impl Poller {
             }
         }
         if parked.conn.buffered().is_empty() {
-            return Some(parked);
+            return if end_of_input { None } else { Some(parked) };
         }
 
         let header_deadline = match parked.phase {
             Phase::Head => parked.deadline,
             _ => Instant::now() + self.settings.header_timeout,
         };
-        self.examine_head(parked.conn, header_deadline)
+        let waiting = self.examine_head(parked.conn, header_deadline)?;
+        // A partial head that can never be completed is dropped; an answered invalid head
+        // lingers as usual.
+        if end_of_input && waiting.phase == Phase::Head {
+            return None;
+        }
+        Some(waiting)
     }
 
     /// Parses the buffered head: dispatches it when complete, answers it when invalid, and

@@ -86,7 +86,7 @@ fn serve_connection(job: Job, app: &App, poller: &PollerHandle, io_timeout: Dura
 enum Next {
     KeepAlive,
     Close,
-    /// Close after discarding input the client may still send.
+    /// Close after discarding, for a while, input the client may still send.
     Linger,
 }
 
@@ -126,10 +126,11 @@ fn serve_request(conn: &mut Connection, request: Request, app: &App) -> Next {
     };
     log_access(&request, status, bytes, written.is_err(), started);
 
+    // Closing after a complete answer lingers too: bytes the client sent after its request
+    // would otherwise make the kernel reset the connection and drop the answer's tail.
     match (written.is_ok(), keep_alive) {
         (false, _) => Next::Close,
         (true, true) => Next::KeepAlive,
-        (true, false) if body_consumed => Next::Close,
         (true, false) => Next::Linger,
     }
 }

@@ -5,10 +5,10 @@
 //! then syncs the folder, so an acknowledged upload survives a crash.
 
 use std::ffi::CString;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,7 +39,12 @@ impl Storage for LocalStorage {
 
     fn open(&self, id: &str) -> Result<Object, StorageError> {
         let path = self.path_of(id);
-        let file = File::open(&path).map_err(|e| not_found_or(e, &path, "open"))?;
+        // O_NONBLOCK keeps a FIFO from blocking the open; regular files ignore the flag.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| not_found_or(e, &path, "open"))?;
         let meta = file.metadata().map_err(|e| StorageError::io(format!("stat {}", path.display()), e))?;
         if !meta.is_file() {
             return Err(StorageError::NotFound);
@@ -70,8 +75,11 @@ impl Storage for LocalStorage {
         let target = self.path_of(id);
         let result = sync_file(staged)
             .and_then(|()| if overwrite { std::fs::rename(staged, &target) } else { rename_noreplace(staged, &target) })
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => StorageError::AlreadyExists,
+            .map_err(|e| match e.raw_os_error() {
+                // EISDIR and ENOTEMPTY: a folder holds the name, so overwriting cannot replace it.
+                Some(libc::EEXIST) | Some(libc::EISDIR) | Some(libc::ENOTEMPTY) => {
+                    StorageError::AlreadyExists
+                }
                 _ => StorageError::io(format!("store {}", target.display()), e),
             });
         if result.is_err() {
@@ -84,6 +92,9 @@ impl Storage for LocalStorage {
 
     fn delete(&self, id: &str) -> Result<(), StorageError> {
         let path = self.path_of(id);
+        if !self.exists(id)? {
+            return Err(StorageError::NotFound);
+        }
         std::fs::remove_file(&path).map_err(|e| not_found_or(e, &path, "remove"))?;
         sync_dir(&self.dir).map_err(|e| StorageError::io(format!("sync folder {}", self.dir.display()), e))
     }

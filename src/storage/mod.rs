@@ -129,12 +129,18 @@ pub const TEMP_PREFIX: &str = ".upload-";
 /// The suffix of every upload temporary file.
 pub const TEMP_SUFFIX: &str = ".part";
 
-/// A fresh temporary file name for an upload of `id` in `dir`.
+/// The most bytes of the id a temporary file name repeats, so the name stays under the
+/// 255-byte file name limit for ids of up to 255 bytes.
+const TEMP_ID_BYTES: usize = 64;
+
+/// A fresh temporary file name for an upload of `id` in `dir`. The id's first bytes are in
+/// the name only to help a person reading the folder; ids are ASCII, so any cut is valid.
 pub fn temp_path(dir: &Path, id: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!("{TEMP_PREFIX}{id}.{}-{n}{TEMP_SUFFIX}", std::process::id()))
+    let shown = &id[..id.len().min(TEMP_ID_BYTES)];
+    dir.join(format!("{TEMP_PREFIX}{shown}.{}-{n}{TEMP_SUFFIX}", std::process::id()))
 }
 
 /// Removes upload temporary files left by a crash. Returns how many were removed.
