@@ -136,11 +136,20 @@ fn health_body() -> Vec<u8> {
     b"{\"status\":\"ok\",\"tokens_in_use\":0,\"tokens_total\":20}\n".to_vec()
 }
 
-/// Asserts that a fresh connection gets a correct `/healthz` response.
+/// Asserts that a fresh connection gets a correct `/healthz` response. The previous request's
+/// worker returns its token just after its last byte is written, which a fast client can
+/// overtake, so a body showing that token still held is retried for up to two seconds.
 fn assert_serving(server: &TestServer, context: &str) {
-    let response = server.get("/healthz", &[]);
-    assert_eq!(response.status, 200, "{context}: /healthz on a new connection: {response:?}");
-    assert_eq!(response.body, health_body(), "{context}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let response = server.get("/healthz", &[]);
+        assert_eq!(response.status, 200, "{context}: /healthz on a new connection: {response:?}");
+        if response.body == health_body() || Instant::now() >= deadline {
+            assert_eq!(response.body, health_body(), "{context}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn upload_head(id: &str, framing: &str, extra: &str) -> String {
@@ -313,7 +322,7 @@ fn open_paced(server: &TestServer, count: usize) -> Vec<TcpStream> {
 #[test]
 fn idle_connections_cost_no_thread_and_expire() {
     raise_fd_limit(IDLE_CONNECTIONS as u64 * 2 + 512);
-    let server = TestServer::start(json!({"idle_timeout_secs": 2, "workers": IDLE_WORKERS}));
+    let server = TestServer::start(json!({"idle_timeout_secs": 4, "workers": IDLE_WORKERS}));
     let video = pattern(1_000_000);
     server.put_video("big.mp4", &video);
     let pid = server.pid();
@@ -340,7 +349,7 @@ fn idle_connections_cost_no_thread_and_expire() {
     );
     assert!(threads_during <= threads_before + 1, "threads grew from {threads_before} to {threads_during}");
 
-    let close_deadline = opened_at + Duration::from_secs(6);
+    let close_deadline = opened_at + Duration::from_secs(10);
     let mut first_eof_after = None;
     let mut still_open = Vec::new();
     for (i, stream) in idle.iter_mut().enumerate() {
@@ -356,15 +365,15 @@ fn idle_connections_cost_no_thread_and_expire() {
     }
     assert!(
         still_open.is_empty(),
-        "{} of {IDLE_CONNECTIONS} idle connections not closed 6 s after opening, first: {:?}",
+        "{} of {IDLE_CONNECTIONS} idle connections not closed 10 s after opening, first: {:?}",
         still_open.len(),
         still_open.first()
     );
     let first_eof_after = first_eof_after.unwrap();
     eprintln!("first idle connection closed {first_eof_after:?} after opening");
     assert!(
-        first_eof_after >= Duration::from_millis(1950),
-        "idle connections closed {first_eof_after:?} after opening, before idle_timeout_secs = 2"
+        first_eof_after >= Duration::from_millis(3950),
+        "idle connections closed {first_eof_after:?} after opening, before idle_timeout_secs = 4"
     );
 }
 
@@ -423,7 +432,7 @@ fn trickled_head_cut_off_after_header_timeout() {
 
 #[test]
 fn head_trickled_within_timeout_served() {
-    let server = TestServer::start(json!({"header_timeout_secs": 2}));
+    let server = TestServer::start(json!({"header_timeout_secs": 4}));
     let head = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
     let mut stream = server.connect();
 
@@ -435,7 +444,7 @@ fn head_trickled_within_timeout_served() {
     let response = read_response(&mut stream, false).unwrap();
     let trickle_time = started.elapsed();
 
-    assert!(trickle_time < Duration::from_secs(2), "the trickle itself took {trickle_time:?}");
+    assert!(trickle_time < Duration::from_secs(4), "the trickle itself took {trickle_time:?}");
     assert_eq!(response.status, 200);
     assert_eq!(response.body, health_body());
     assert_silent(&mut stream, Duration::from_millis(200), "after a trickled head");

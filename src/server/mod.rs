@@ -79,13 +79,7 @@ impl Server {
             Poller::new(listener, settings, jobs_tx, open_count.clone(), stopping.clone())?;
 
         let poller_thread = std::thread::Builder::new().name("poller".into()).spawn(move || poller.run())?;
-        let workers = worker::spawn_workers(
-            config.worker_count(),
-            jobs_rx,
-            app,
-            handle.clone(),
-            Duration::from_secs(config.idle_timeout_secs),
-        );
+        let workers = worker::spawn_workers(config.worker_count(), jobs_rx, app, handle.clone());
 
         Ok(Server {
             local_addr,

@@ -225,7 +225,15 @@ impl Poller {
             return;
         }
 
-        let configured = conn.stream.set_nonblocking(true).and_then(|()| conn.stream.set_nodelay(true));
+        // The read and write timeouts apply only while a worker holds the socket in blocking
+        // mode; setting them once here saves two system calls on every request.
+        let idle = Some(self.settings.idle_timeout);
+        let configured = conn
+            .stream
+            .set_nonblocking(true)
+            .and_then(|()| conn.stream.set_nodelay(true))
+            .and_then(|()| conn.stream.set_read_timeout(idle))
+            .and_then(|()| conn.stream.set_write_timeout(idle));
         if let Err(e) = configured {
             log::debug!("closing connection from {}: socket setup failed: {e}", conn.peer);
             return;

@@ -10,7 +10,7 @@
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
@@ -29,7 +29,6 @@ pub fn spawn_workers(
     jobs: Receiver<Job>,
     app: Arc<App>,
     poller: PollerHandle,
-    io_timeout: Duration,
 ) -> Vec<std::thread::JoinHandle<()>> {
     (0..count)
         .map(|i| {
@@ -40,7 +39,7 @@ pub fn spawn_workers(
                 .name(format!("worker-{i}"))
                 .spawn(move || {
                     for job in jobs.iter() {
-                        serve_connection(job, &app, &poller, io_timeout);
+                        serve_connection(job, &app, &poller);
                     }
                 })
                 .expect("spawning a worker thread at startup")
@@ -49,9 +48,9 @@ pub fn spawn_workers(
 }
 
 /// Serves the job's request and any complete requests pipelined behind it.
-fn serve_connection(job: Job, app: &App, poller: &PollerHandle, io_timeout: Duration) {
+fn serve_connection(job: Job, app: &App, poller: &PollerHandle) {
     let Job { mut conn, mut request } = job;
-    if let Err(e) = make_blocking(&conn, io_timeout) {
+    if let Err(e) = make_blocking(&conn) {
         log::debug!("closing connection from {}: socket setup failed: {e}", conn.peer);
         return;
     }
@@ -155,10 +154,10 @@ fn run_handler(app: &App, request: &Request, body: &mut BodyReader) -> (Response
     }
 }
 
-fn make_blocking(conn: &Connection, io_timeout: Duration) -> std::io::Result<()> {
-    conn.stream.set_nonblocking(false)?;
-    conn.stream.set_read_timeout(Some(io_timeout))?;
-    conn.stream.set_write_timeout(Some(io_timeout))
+/// Switches the socket to blocking mode; its read and write timeouts of `idle_timeout_secs`
+/// were set when it was accepted.
+fn make_blocking(conn: &Connection) -> std::io::Result<()> {
+    conn.stream.set_nonblocking(false)
 }
 
 fn log_access(request: &Request, status: u16, bytes: u64, cut_off: bool, started: Instant) {
