@@ -1,7 +1,7 @@
 -- wrk script for S2: each request asks for one random range of the target file.
 -- Arguments after `--`: FILE_SIZE RANGE_SIZE (bytes). The target path comes from the URL.
 -- `done` prints machine-readable lines that bench/lib/scenarios.sh reads:
---   requests_per_sec, p50_ms, p99_ms, non_2xx_3xx, socket_errors
+--   requests, requests_per_sec, p50_ms, p99_ms, non_2xx_3xx, socket_errors
 
 local thread_count = 0
 
@@ -26,6 +26,7 @@ done = function(summary, latency, requests)
   local seconds = summary.duration / 1e6
   local socket_errors = summary.errors.connect + summary.errors.read
     + summary.errors.write + summary.errors.timeout
+  io.write(string.format("requests %d\n", summary.requests))
   io.write(string.format("requests_per_sec %.0f\n", summary.requests / seconds))
   io.write(string.format("p50_ms %.2f\n", latency:percentile(50) / 1000))
   io.write(string.format("p99_ms %.2f\n", latency:percentile(99) / 1000))

@@ -6,15 +6,16 @@
 # round (A B C, B C A, ...). Prints one Markdown table of the medians over rounds, the ratios
 # streamserver/peer and the targets. BENCHMARKS.md explains the scenarios and their limits.
 #
-#   S1  one download of s1.bin (1 GiB) on one connection, curl
-#   S2  random 64 KiB ranges of s1.bin, 20 keep-alive connections, 10 s, wrk
-#   S3  100 concurrent downloads of s3.bin (100 MB) at max_conns 128, one curl each; then
-#       the same at max_conns 20 for streamserver and goref (20 complete, 80 get 429)
+#   S1  one download of s1.mp4 (1 GiB) on one connection, curl
+#   S2  random 64 KiB ranges of s1.mp4, 20 keep-alive connections, 10 s, wrk
+#   S3  100 concurrent downloads of s3.mp4 (100 MB) at max_conns 128, one curl each; then
+#       the same at 10 MB/s each against max_conns 20 for streamserver and goref (20
+#       complete, 80 get 429)
 #   S4  one multipart/form-data upload of upload.bin (512 MiB), curl -F
 #   S5  RSS after startup, and peak RSS under S2 and S4
 #
 # Usage: bench/run.sh [--quick] [--rounds N]
-#   --quick     1 round with S1 256 MiB, S2 3 s and S4 64 MiB; finishes in about a minute
+#   --quick     1 round with S1 256 MiB, S2 3 s and S4 64 MiB; takes about 90 s
 #   --rounds N  rounds to run (default 3, or 1 with --quick)
 #
 # Environment:
@@ -128,11 +129,11 @@ generate_data() {
 
     VIDEOS="$WORK/videos"
     mkdir -p "$VIDEOS"
-    printf x >"$VIDEOS/ready.bin"
-    head -c "$S1_BYTES" /dev/urandom >"$VIDEOS/s1.bin"
-    head -c "$S3_BYTES" /dev/urandom >"$VIDEOS/s3.bin"
+    printf x >"$VIDEOS/ready.mp4"
+    head -c "$S1_BYTES" /dev/urandom >"$VIDEOS/s1.mp4"
+    head -c "$S3_BYTES" /dev/urandom >"$VIDEOS/s3.mp4"
     head -c "$S4_BYTES" /dev/urandom >"$WORK/upload.bin"
-    cat "$VIDEOS/s1.bin" "$VIDEOS/s3.bin" "$WORK/upload.bin" >/dev/null
+    cat "$VIDEOS/s1.mp4" "$VIDEOS/s3.mp4" "$WORK/upload.bin" >/dev/null
 }
 
 print_machine() {
@@ -172,8 +173,9 @@ run_round() {
 
     for server in "${order[@]}"; do
         [[ $server != nginx ]] || continue
-        note "round $round: s3 at max_conns 20 on $server"
+        note "round $round: idle RSS and s3 at max_conns 20 on $server"
         start_server "$server-20" "$server" 20 "$round"
+        run_s5_idle "$server-20" "$round" "$server" idle_rss_20_kib
         run_s3_limited "$server-20" "$round"
         stop_server "$server-20"
     done

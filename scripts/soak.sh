@@ -6,8 +6,8 @@
 #
 # Builds target/release/streamserver, starts it on a free 127.0.0.1 port with max_conns 20 and
 # a temporary video_dir holding four random files (50 MiB, 5 MiB, 1 MiB, 200 KiB), and runs
-# scripts/soak.py, which drives the clients and checks the figures (5xx answers, tokens in use,
-# temporary files left, RSS; its docstring lists each limit). Then it stops the server with
+# scripts/soak.py, which drives the clients and checks the figures: 5xx responses, tokens in
+# use, temporary files left and RSS. Its docstring lists each limit. Then it stops the server with
 # SIGTERM and also requires exit status 0 within 20 s and no handler panic in the log.
 #
 # Needs: cargo and python3 (standard library only). Everything stays on loopback.

@@ -76,7 +76,7 @@ fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StartError> {
     let local = LocalStorage::new(&config.video_dir).map_err(|e| {
         StartError::Runtime(format!("cannot use video_dir {}: {e}", config.video_dir.display()))
     })?;
-    match storage::remove_stale_temp_files(&config.video_dir) {
+    match storage::remove_temp_files(&config.video_dir, storage::TempCleanup::Unlocked) {
         Ok(0) => {}
         Ok(n) => log::info!("removed {n} upload temporary files left by an earlier run"),
         Err(e) => log::warn!("cannot scan {} for stale upload files: {e}", config.video_dir.display()),
@@ -141,7 +141,8 @@ fn shut_down(server: &mut Server, app: &App, grace: Duration) {
         );
     }
 
-    match storage::remove_stale_temp_files(app.storage.staging_dir()) {
+    let own_files = storage::TempCleanup::OwnedBy(std::process::id());
+    match storage::remove_temp_files(app.storage.staging_dir(), own_files) {
         Ok(0) => {}
         Ok(n) => log::info!("removed {n} upload temporary files of cut-off uploads"),
         Err(e) => log::warn!("cannot remove upload temporary files: {e}"),

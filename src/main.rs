@@ -60,7 +60,25 @@ fn load_config(args: &Args) -> Result<Config, String> {
     Ok(config)
 }
 
+/// Keeps freed memory from piling up in glibc's allocator: with its defaults, each of the
+/// many worker threads gets its own arena, and the threshold for returning large buffers to the
+/// system rises after the first one is freed, so RSS grows by a few MiB under load and stays.
+/// Two arenas and a fixed 128 KiB mmap threshold keep RSS flat (see the soak figures in
+/// RELIABILITY.md); requests allocate little, so threads rarely wait on a shared arena.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Parsed::Run(args)) => args,
         Ok(Parsed::Exit(text)) => {

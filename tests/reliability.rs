@@ -16,7 +16,8 @@
 //!   127.0.0.1, or on 0.0.0.0 with a token, logs none;
 //! - `DELETE /videos/{id}` answers 204 without `Content-Length` and removes the file, then 404
 //!   `video_not_found`; a download already in flight still completes byte-exact; a folder in
-//!   `video_dir` is no video, so `GET` and `DELETE` of its name both get 404 and it stays;
+//!   `video_dir` is no video, so `GET` and `DELETE` of its name get 404, an upload under its
+//!   name (with or without overwrite) gets 409 `video_exists`, and the folder stays;
 //! - SIGTERM: new connections are refused, idle keep-alive connections are closed, a download and
 //!   an upload in flight complete (the upload is stored, answered with `Connection: close`), and
 //!   the process exits with status 0 without cutting anything off;
@@ -635,8 +636,13 @@ fn delete_of_folder_is_404() {
 
     assert_error(&server.get("/videos/archive", &[]), 404, "video_not_found");
     let deleted = server.request("DELETE", "/videos/archive", &[]);
+    let stored = upload(&server, "archive", b"video", &[]);
+    let overwritten = upload(&server, "archive?overwrite=true", b"video", &[]);
 
     assert_error(&deleted, 404, "video_not_found");
+    assert_error(&stored, 409, "video_exists");
+    assert_error(&overwritten, 409, "video_exists");
+    assert_eq!(file_names(&server.video_dir), ["archive"]);
     assert!(server.video_dir.join("archive").is_dir());
 }
 

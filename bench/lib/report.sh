@@ -1,8 +1,8 @@
 # Recording figures and printing the table of medians and ratios. Sourced by bench/run.sh.
 #
-# Each figure is one line "round<TAB>instance<TAB>metric<TAB>value" in RESULTS; failed checks
-# go to CHECKS. The table takes the median over rounds of each metric per server and the
-# ratio streamserver/peer of those medians. Which metrics exist and how they are measured is
+# Each figure is one line "round<TAB>instance<TAB>metric<TAB>value" in RESULTS, and failed
+# checks go to CHECKS. The table shows the median over rounds of each metric per server, and
+# the ratio streamserver/peer of those medians. Which metrics exist and how they are measured is
 # scenarios.sh's business.
 
 record() {
@@ -30,24 +30,30 @@ medians() {
 }
 
 # The table rows: metric, label, scale divisor, target kind, target value, and whether the
-# ratios mean anything (not for counts). Target kinds: ge_nginx (ratio to nginx at least the
-# value), le_goref (at most goref's median), lt (below the value), eq (equal to the value),
-# and - for none.
+# ratios mean anything (they do not for counts). The target kinds are ge_nginx (ratio to nginx
+# at least the value), le_goref (at most goref's median), lt (below the value), eq (equal to
+# the value) and - (none).
 readonly REPORT_ROWS="\
-startup_ms|startup to first answered request, ms|1|lt|50|y
-idle_rss_kib|S5 RSS idle, MiB|1024|le_goref||y
-s1_mbps|S1 one download of s1.bin, MB/s|1|ge_nginx|1.0|y
+startup_ms|startup to first response, ms|1|lt|50|y
+idle_rss_kib|S5 RSS idle (max_conns 128), MiB|1024|le_goref||y
+idle_rss_20_kib|S5 RSS idle (max_conns 20), MiB|1024|le_goref||y
+s1_mbps|S1 one download of s1.mp4, MB/s|1|ge_nginx|1.0|y
+s1_cpu_ms|S1 server CPU for the download, ms|1|-||y
 s2_rps|S2 random 64 KiB ranges, req/s|1|ge_nginx|1.0|y
 s2_p99_ms|S2 p99 latency, ms|1|le_goref||y
 s2_peak_rss_kib|S5 peak RSS under S2, MiB|1024|-||y
+s2_cpu_us_per_request|S2 server CPU per request, us|1|-||y
 s2_failures|S2 failed requests|1|eq|0|n
 s3_mbps|S3 parallel downloads (max_conns 128), MB/s|1|ge_nginx|1.0|y
+s3_cpu_ms|S3 server CPU for all downloads, ms|1|-||y
 s3_complete|S3 complete downloads (max_conns 128)|1|-||n
 s3_limited_complete|S3 at max_conns 20: complete|1|eq|20|n
 s3_limited_429|S3 at max_conns 20: answered 429|1|-||n
+s3_limited_median_429_ms|S3 at max_conns 20: median time to 429, ms|1|-||y
 s3_limited_slowest_429_ms|S3 at max_conns 20: slowest 429, ms|1|-||y
 s4_mbps|S4 multipart upload, MB/s|1|ge_nginx|1.0|y
-s4_peak_rss_kib|S4 peak RSS during the upload, MiB|1024|lt|32|y"
+s4_peak_rss_kib|S4 peak RSS during the upload, MiB|1024|lt|32|y
+s4_cpu_ms|S4 server CPU for the upload, ms|1|-||y"
 
 # Prints the Markdown table of medians, ratios and targets.
 print_table() {

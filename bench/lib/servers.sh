@@ -1,7 +1,7 @@
 # Starting, probing, measuring and stopping the servers under test. Sourced by bench/run.sh.
 #
-# Owns each server instance's config, port, process and run folder, the startup time to the
-# first answered request, and RSS readings from /proc. The scenarios and the report live in
+# Owns each server instance's config, port, process and run folder, the time from start to
+# the first response, and RSS and CPU readings from /proc. The scenarios and the report live in
 # scenarios.sh and report.sh. Expects WORK, VIDEOS, STREAMSERVER_BIN, NGINX_BIN, GOREF_BIN and
 # BENCH_DIR to be set, and the functions to run in the main shell (not in `$(...)`), so that
 # the started processes stay its children.
@@ -40,11 +40,11 @@ pick_free_port() {
     done
 }
 
-# Sends GET /videos/ready.bin on a new connection; succeeds on a 200 status line.
+# Sends GET /videos/ready.mp4 on a new connection; succeeds on a 200 status line.
 probe_ready() {
     local port=$1 fd status=""
     { exec {fd}<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
-    printf 'GET /videos/ready.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&"$fd" 2>/dev/null || true
+    printf 'GET /videos/ready.mp4 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&"$fd" 2>/dev/null || true
     IFS= read -r -t 2 -u "$fd" status || true
     exec {fd}<&-
     [[ $status == "HTTP/1."?" 200 "* ]]
@@ -78,7 +78,7 @@ write_goref_config() {
 }
 
 # Starts INSTANCE, a server of KIND (streamserver, nginx or goref) with MAX_CONNS tokens,
-# waits until it answers, and records its startup time for ROUND.
+# waits for its first 200 response, and records the time that took for ROUND.
 start_server() {
     local instance=$1 kind=$2 max_conns=$3 round=$4
     local run="$WORK/run/$instance" port command=()
@@ -114,7 +114,7 @@ start_server() {
     record "$round" "$instance" startup_ms "$(awk -v us="$startup_us" 'BEGIN { printf "%.1f", us / 1000 }')"
 }
 
-# Probes every millisecond or so until the server answers; gives up after 10 s.
+# Probes every millisecond or so until the server responds with 200, for at most 10 s.
 wait_until_ready() {
     local instance=$1 pid=${SERVER_PID[$1]} port=${SERVER_PORT[$1]}
     local deadline=$(($(now_us) + 10000000))
@@ -122,7 +122,7 @@ wait_until_ready() {
         if ! kill -0 "$pid" 2>/dev/null; then
             fail "$instance exited during startup; its log says: $(tail -n 5 "$WORK/run/$instance/server.log")"
         fi
-        (($(now_us) < deadline)) || fail "$instance did not answer GET /videos/ready.bin within 10 s"
+        (($(now_us) < deadline)) || fail "$instance did not answer GET /videos/ready.mp4 within 10 s"
         sleep_briefly 0.001
     done
 }
@@ -172,6 +172,18 @@ sum_status_kib() {
 
 rss_kib() {
     sum_status_kib "$1" VmRSS
+}
+
+# Prints the CPU time (user + system) that INSTANCE's processes have used, in milliseconds.
+cpu_ms() {
+    local pid ticks total=0 hz
+    hz=$(getconf CLK_TCK)
+    for pid in $(process_tree "$1"); do
+        # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the command name.
+        ticks=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)
+        total=$((total + ${ticks:-0}))
+    done
+    echo $((total * 1000 / hz))
 }
 
 # Resets the peak RSS (VmHWM) of every process of INSTANCE to its current RSS (Linux 4.0+).

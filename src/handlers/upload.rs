@@ -24,7 +24,7 @@ use crate::multipart::{boundary_from_content_type, MultipartError, MultipartRead
 use crate::server::body::{bad_chunk_reason, is_too_large, BodyReader};
 use crate::server::request::{BodyFraming, Request};
 use crate::server::response::Response;
-use crate::storage::{temp_path, StorageError};
+use crate::storage::{lock_temp_file, temp_path, StorageError};
 
 /// Bytes copied from the request to the file per write.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -166,7 +166,10 @@ impl TempFile {
             .create_new(true)
             .open(&path)
             .map_err(|e| StorageError::io(format!("create {}", path.display()), e))?;
-        Ok(TempFile { path, file })
+        let temp = TempFile { path, file };
+        lock_temp_file(&temp.file)
+            .map_err(|e| StorageError::io(format!("lock {}", temp.path.display()), e))?;
+        Ok(temp)
     }
 }
 

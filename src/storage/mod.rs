@@ -9,7 +9,9 @@ pub mod local;
 pub mod s3;
 
 use std::fmt;
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -143,18 +145,49 @@ pub fn temp_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{TEMP_PREFIX}{shown}.{}-{n}{TEMP_SUFFIX}", std::process::id()))
 }
 
-/// Removes upload temporary files left by a crash. Returns how many were removed.
-pub fn remove_stale_temp_files(dir: &Path) -> io::Result<usize> {
+/// Locks a temporary upload file for as long as it stays open, so another server process
+/// sharing the folder knows the upload is in progress and leaves the file alone.
+pub fn lock_temp_file(file: &File) -> io::Result<()> {
+    // SAFETY: flock(2) on a descriptor the File owns for the duration of the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Which upload temporary files a cleanup removes.
+#[derive(Debug, Clone, Copy)]
+pub enum TempCleanup {
+    /// Files no process holds locked: uploads cut off by a crash. Used at startup, when
+    /// another server on the same folder may still be finishing its uploads.
+    Unlocked,
+    /// This process's own files, locked or not: uploads cut off by its shutdown.
+    OwnedBy(u32),
+}
+
+/// Removes upload temporary files. Returns how many were removed. Only files named like an
+/// upload temporary file are ever touched.
+pub fn remove_temp_files(dir: &Path, which: TempCleanup) -> io::Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX) && entry.file_type()?.is_file() {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => removed += 1,
-                Err(e) => log::warn!("cannot remove stale upload file {}: {e}", entry.path().display()),
-            }
+        if !name.starts_with(TEMP_PREFIX) || !name.ends_with(TEMP_SUFFIX) || !entry.file_type()?.is_file() {
+            continue;
+        }
+        let selected = match which {
+            TempCleanup::OwnedBy(pid) => name.contains(&format!(".{pid}-")),
+            TempCleanup::Unlocked => File::open(entry.path()).and_then(|f| lock_temp_file(&f)).is_ok(),
+        };
+        if !selected {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot remove upload temporary file {}: {e}", entry.path().display()),
         }
     }
     Ok(removed)
