@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of streamserver, nginx and the Go reference server (goref).
 #
-# Builds the release binary, writes test files to a temporary folder, starts each server on a
-# free loopback port, and runs S1 to S5 against each one in turn, rotating the order every
-# round (A B C, B C A, ...). Prints one Markdown table of the medians over rounds, the ratios
-# streamserver/peer and the targets. BENCHMARKS.md explains the scenarios and their limits.
+# Builds the release binary, writes test files to a temporary folder and starts each server on
+# a free loopback port. Each round runs every scenario against each server in turn, and the
+# order rotates every round (A B C, then B C A, ...). Prints one Markdown table of the medians
+# over rounds, the ratios streamserver/peer and the targets. BENCHMARKS.md explains the
+# scenarios and what limits each figure.
 #
 #   S1  one download of s1.mp4 (1 GiB) on one connection, curl
 #   S2  random 64 KiB ranges of s1.mp4, 20 keep-alive connections, 10 s, wrk
@@ -13,6 +14,7 @@
 #       complete, 80 get 429)
 #   S4  one multipart/form-data upload of upload.bin (512 MiB), curl -F
 #   S5  RSS after startup, and peak RSS under S2 and S4
+#   Server CPU time (user + system, from /proc) is recorded for S1 to S4.
 #
 # Usage: bench/run.sh [--quick] [--rounds N]
 #   --quick     1 round with S1 256 MiB, S2 3 s and S4 64 MiB; takes about 90 s
@@ -24,9 +26,10 @@
 #   TMPDIR            where the temporary folder goes; it needs about 2 GiB free
 #   BENCH_KEEP_WORK   set to keep the temporary folder (server logs, raw client output)
 #
-# Needs curl, wrk and nginx (installed with apt-get when missing and running as root). goref
-# is built by ../shared/peers/setup.sh when that folder exists, and skipped with a note when
-# not. Every server listens on 127.0.0.1 only, and every client command has a time limit.
+# Needs curl, wrk and nginx, which are installed with apt-get when missing and running as root.
+# goref is built by setup.sh in PEERS_DIR (the shared/peers folder beside the repository) when
+# that exists, and skipped with a note when not. Every server listens on 127.0.0.1 only, and
+# every client command has a time limit.
 set -euo pipefail
 export LC_ALL=C
 
@@ -94,7 +97,8 @@ install_missing_tools() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Sets GOREF_BIN, building goref from ../shared/peers when that folder exists; empty when not.
+# Sets GOREF_BIN after building goref with PEERS_DIR/setup.sh, or to "" when that fails or is
+# missing.
 prepare_goref() {
     GOREF_BIN=""
     if [[ ! -f $PEERS_DIR/setup.sh ]]; then

@@ -59,8 +59,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
 pub enum StartError {
     /// A setting cannot work, such as missing S3 credentials; exit status 2.
     Config(String),
-    /// The machine or a service refused, such as a port in use or an unreachable bucket;
-    /// exit status 1.
+    /// The machine or a service refused, such as a port in use or a bucket that does not
+    /// exist; exit status 1.
     Runtime(String),
 }
 
