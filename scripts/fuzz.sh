@@ -54,7 +54,7 @@ max_len_of() {
     esac
 }
 
-# Prints the RSS limit in MB for a target. One multipart input peaks at about 36 MB of RSS
+# Prints the RSS limit in MB for a target. One multipart input peaks at 33 to 38 MB of RSS
 # when run alone, but the in-memory corpus of inputs up to 200,000 bytes grows past the
 # 64 MB limit within ten minutes, so that target gets 128 MB. Every target keeps the 64 MB
 # limit on a single allocation.

@@ -146,10 +146,8 @@ enum Outcome {
 }
 
 /// Decodes a chunked body (RFC 9112 §7.1) with the server's documented leniencies: lines may
-/// end in a bare LF, spaces and tabs around the size are ignored, extensions and trailer
-/// fields are skipped unchecked, and the size is at most 15 hex digits.
-// NOTE: the reference also accepts a `+` before the size, because `u64::from_str_radix` does
-// and the decoder relies on it. RFC 9112 allows hex digits only.
+/// end in a bare LF, spaces and tabs between the size and an extension are ignored, extensions
+/// and trailer fields are skipped unchecked, and the size is at most 15 hex digits.
 fn decode_reference(body: &[u8]) -> Reference {
     let mut content = Vec::new();
     let mut position = 0;
@@ -202,14 +200,12 @@ fn next_line<'a>(body: &'a [u8], position: &mut usize) -> Option<&'a [u8]> {
 
 fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     let field = line.split(|&byte| byte == b';').next().unwrap_or_default();
-    let digits = std::str::from_utf8(field).ok()?.trim_matches([' ', '\t']);
-    let unsigned = digits.strip_prefix('+').unwrap_or(digits);
+    let digits = std::str::from_utf8(field).ok()?.trim_end_matches([' ', '\t']);
     let valid = !digits.is_empty()
         && digits.len() <= MAX_SIZE_DIGITS
-        && !unsigned.is_empty()
-        && unsigned.bytes().all(|byte| byte.is_ascii_hexdigit());
+        && digits.bytes().all(|byte| byte.is_ascii_hexdigit());
     if !valid {
         return None;
     }
-    u64::from_str_radix(unsigned, 16).ok()
+    u64::from_str_radix(digits, 16).ok()
 }
