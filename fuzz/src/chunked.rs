@@ -1,8 +1,9 @@
 //! Properties of the chunked body decoder in `BodyReader`, which reads from a `Connection` and
 //! so needs a real socket.
 //!
-//! One loopback TCP pair is opened per process and reused: each input is written to the client
-//! side, decoded from a `Connection` on the nonblocking server side, and the rest is drained.
+//! One loopback TCP pair is opened per process and reused. Each input is written to the client
+//! side and, once all of it has arrived, decoded from a `Connection` on the nonblocking server
+//! side. Then the rest is drained.
 //! An input that ends early then fails with `WouldBlock`, as a body whose remaining bytes have
 //! not arrived yet. The decoder must agree with the reference decoder below on the body
 //! bytes, on success or failure, and on where the body ends. The end matters most: a decoder
@@ -12,6 +13,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use streamserver::server::body::{bad_chunk_reason, BodyReader};
 use streamserver::server::conn::Connection;
@@ -22,6 +24,9 @@ pub const MAX_CHUNKED_INPUT: usize = 4096;
 
 /// Longest chunk-size field the decoder accepts, in hex digits.
 const MAX_SIZE_DIGITS: usize = 15;
+
+/// How long written bytes may take to arrive on the server side of the loopback pair.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Decodes fuzz input of the form `READ_LEN\nBODY` and checks it. A missing or invalid
 /// `READ_LEN` reads 4096 bytes at a time, and input without a line feed is skipped.
@@ -88,6 +93,7 @@ fn decode_with_body_reader(body: &[u8], read_len: usize) -> Decoded {
     // A check that panicked earlier may have left its bytes in the socket.
     drain(&mut pair.server, &mut Vec::new());
     pair.client.write_all(body).expect("write the body to the loopback socket");
+    wait_until_delivered(&pair.server, body.len());
     let server = pair.server.try_clone().expect("duplicate the server socket");
     let mut conn = Connection::new(server, pair.peer, Arc::new(AtomicUsize::new(1)));
 
@@ -112,6 +118,30 @@ fn decode_with_body_reader(body: &[u8], read_len: usize) -> Decoded {
     drop(conn);
     drain(&mut pair.server, &mut after_body);
     Decoded { content, failure, after_body }
+}
+
+/// Waits until `len` bytes can be read from `server`. Loopback delivery is usually done when
+/// `write` returns, but on a busy machine the kernel may finish it later, and a decoder that
+/// ran early would see a cut body.
+fn wait_until_delivered(server: &TcpStream, len: usize) {
+    if len == 0 {
+        return;
+    }
+    let mut peeked = vec![0u8; len];
+    let started = Instant::now();
+    loop {
+        match server.peek(&mut peeked) {
+            Ok(count) if count >= len => return,
+            Ok(_) => {}
+            Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(error) => panic!("peeking at the loopback socket failed: {error}"),
+        }
+        assert!(
+            started.elapsed() < DELIVERY_TIMEOUT,
+            "loopback socket did not receive {len} bytes within {DELIVERY_TIMEOUT:?}"
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// Appends everything the socket holds to `out`, so the next input starts clean.
