@@ -1,4 +1,4 @@
--- wrk script for S2: each request asks for one random range of the target file.
+-- wrk script for S2: each request is for one random range of the target file.
 -- Arguments after `--`: FILE_SIZE RANGE_SIZE (bytes). The target path comes from the URL.
 -- `done` prints machine-readable lines that bench/lib/scenarios.sh reads:
 --   requests, requests_per_sec, p50_ms, p99_ms, non_2xx_3xx, socket_errors

@@ -27,7 +27,9 @@ pub const MAX_PARTS: usize = 1000;
 const MAX_BOUNDARY_LEN: usize = 70;
 
 /// Free buffer space offered to the inner reader per read, in bytes, when the buffer is empty.
-const READ_BLOCK_BYTES: usize = 64 * 1024;
+/// Large reads keep system calls per uploaded byte low; 256 KiB cut server CPU for a 512 MiB
+/// upload by about a sixth against 64 KiB (measured with bench/run.sh, scenario S4).
+const READ_BLOCK_BYTES: usize = 256 * 1024;
 
 /// Reads the parts of a `multipart/form-data` body from an inner reader.
 ///

@@ -12,6 +12,7 @@
 pub mod body;
 pub mod conn;
 pub mod poller;
+pub mod queue;
 pub mod request;
 pub mod response;
 pub mod worker;
@@ -69,17 +70,17 @@ impl Server {
 
         let stopping = app.stopping.clone();
         let open_count = Arc::new(AtomicUsize::new(0));
-        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+        let jobs = queue::JobQueue::new();
         let settings = PollerSettings {
             header_timeout: Duration::from_secs(config.header_timeout_secs),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             max_connections: config.max_connections,
         };
         let (poller, handle) =
-            Poller::new(listener, settings, jobs_tx, open_count.clone(), stopping.clone())?;
+            Poller::new(listener, settings, jobs.clone(), open_count.clone(), stopping.clone())?;
 
         let poller_thread = std::thread::Builder::new().name("poller".into()).spawn(move || poller.run())?;
-        let workers = worker::spawn_workers(config.worker_count(), jobs_rx, app, handle.clone());
+        let workers = worker::spawn_workers(config.worker_count(), jobs, app, handle.clone());
 
         Ok(Server {
             local_addr,

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+
+use crate::server::queue::JobQueue;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -100,7 +102,7 @@ pub struct Poller {
     slots: Vec<Option<Parked>>,
     free_slots: Vec<usize>,
     inbound: Receiver<(Connection, Park)>,
-    jobs: Sender<Job>,
+    jobs: JobQueue,
     open_count: Arc<AtomicUsize>,
     stopping: Arc<AtomicBool>,
     accept_paused_until: Option<Instant>,
@@ -112,7 +114,7 @@ impl Poller {
     pub fn new(
         listener: TcpListener,
         settings: PollerSettings,
-        jobs: Sender<Job>,
+        jobs: JobQueue,
         open_count: Arc<AtomicUsize>,
         stopping: Arc<AtomicBool>,
     ) -> io::Result<(Poller, PollerHandle)> {
@@ -345,7 +347,7 @@ impl Poller {
         match parse_head(conn.buffered(), conn.peer) {
             ParseOutcome::Complete(request, head_len) => {
                 conn.consume(head_len);
-                if let Err(crossbeam_channel::SendError(job)) = self.jobs.send(Job { conn, request }) {
+                if let Err(job) = self.jobs.push(Job { conn, request }) {
                     log::debug!("dropping request from {}: workers have stopped", job.conn.peer);
                 }
                 None
@@ -401,6 +403,8 @@ impl Poller {
         for slot in 0..self.slots.len() {
             self.remove(slot);
         }
+        // Workers end once they have served the requests already queued.
+        self.jobs.close();
     }
 }
 

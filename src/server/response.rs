@@ -2,8 +2,8 @@
 //!
 //! A [`Response`] is a status, headers and a [`Body`] whose length is always known up front, so
 //! every answer carries an exact `Content-Length` and nothing is sent chunked. File bodies go
-//! out with `sendfile(2)` between `TCP_CORK` on and off, so the head and the first file bytes
-//! share packets and no byte is copied through user space. Header values are checked here for
+//! out with `sendfile(2)`, so no byte is copied through user space; `multipart/byteranges`
+//! bodies are sent under `TCP_CORK` so their part headers share packets with the file bytes. Header values are checked here for
 //! CR and LF, the one place every header passes, so no input can inject a header.
 
 use std::fs::File;
@@ -125,8 +125,16 @@ pub fn write_response(
             stream.write_all(&out)?;
             Ok(bytes.len() as u64)
         }
-        body => {
+        // A single file body goes out as head then sendfile with no cork, as nginx does with
+        // `tcp_nopush off`: turning the cork off costs a system call and starts a transmit of
+        // its own, and measured per request that outweighed the saved packet. Several parts
+        // are corked so their small part headers do not leave as packets of their own.
+        body @ Body::Sequence(_) => {
             let _cork = Cork::new(stream);
+            stream.write_all(&head)?;
+            write_body(stream, body)
+        }
+        body => {
             stream.write_all(&head)?;
             write_body(stream, body)
         }

@@ -12,21 +12,21 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::Receiver;
 
 use crate::api::ApiError;
 use crate::handlers::App;
 use crate::server::body::BodyReader;
 use crate::server::conn::Connection;
 use crate::server::poller::{Park, PollerHandle};
+use crate::server::queue::JobQueue;
 use crate::server::request::{parse_head, Method, ParseOutcome, Request};
 use crate::server::response::{write_response, Framing, Response};
 use crate::server::Job;
 
-/// Starts `count` workers that run until the job channel closes.
+/// Starts `count` workers that run until the job queue is closed and empty.
 pub fn spawn_workers(
     count: usize,
-    jobs: Receiver<Job>,
+    jobs: JobQueue,
     app: Arc<App>,
     poller: PollerHandle,
 ) -> Vec<std::thread::JoinHandle<()>> {
@@ -38,7 +38,7 @@ pub fn spawn_workers(
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || {
-                    for job in jobs.iter() {
+                    while let Some(job) = jobs.pop() {
                         serve_connection(job, &app, &poller);
                     }
                 })
