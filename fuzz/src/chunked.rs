@@ -22,7 +22,7 @@ use streamserver::server::request::BodyFraming;
 /// Largest body input; loopback socket buffers hold it without a reader.
 pub const MAX_CHUNKED_INPUT: usize = 4096;
 
-/// Longest chunk-size field the decoder accepts, in hex digits.
+/// Maximum length of the chunk-size field that the decoder accepts, in hex digits.
 const MAX_SIZE_DIGITS: usize = 15;
 
 /// How long written bytes may take to arrive on the server side of the loopback pair.
@@ -61,7 +61,7 @@ pub fn check_chunked_body(body: &[u8], read_len: usize) {
     }
 }
 
-/// What `BodyReader` produced for one body.
+/// Result of decoding one body with `BodyReader`.
 struct Decoded {
     content: Vec<u8>,
     /// The error kind and malformed-chunk reason of a failed read.
@@ -144,7 +144,7 @@ fn wait_until_delivered(server: &TcpStream, len: usize) {
     }
 }
 
-/// Appends everything the socket holds to `out`, so the next input starts clean.
+/// Appends everything the socket contains to `out`, so the next input starts clean.
 fn drain(server: &mut TcpStream, out: &mut Vec<u8>) {
     let mut scratch = [0u8; 8192];
     loop {
@@ -175,9 +175,9 @@ enum Outcome {
     Malformed,
 }
 
-/// Decodes a chunked body (RFC 9112 §7.1) with the server's documented leniencies: lines may
-/// end in a bare LF, spaces and tabs between the size and an extension are ignored, extensions
-/// and trailer fields are skipped unchecked, and the size is at most 15 hex digits.
+/// Decodes a chunked body (RFC 9112 §7.1) with the server's documented leniencies. Lines may
+/// end in a bare LF, and spaces and tabs between the size and an extension are ignored.
+/// Extensions and trailer fields are skipped unchecked, and the size is at most 15 hex digits.
 fn decode_reference(body: &[u8]) -> Reference {
     let mut content = Vec::new();
     let mut position = 0;
