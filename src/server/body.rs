@@ -132,6 +132,8 @@ impl<'a> BodyReader<'a> {
         Ok(())
     }
 
+    // NOTE: a bare LF is accepted as a line end, as many servers do; RFC 9112 §7.1 writes the
+    // grammar with CRLF, so a proxy in front that rejects bare LF could frame a body differently.
     fn read_chunk_line(&mut self) -> io::Result<Vec<u8>> {
         let mut line = Vec::new();
         loop {
