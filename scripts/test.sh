@@ -28,6 +28,11 @@ fi
 step "unit and end-to-end tests"
 cargo test --release --locked -- --test-threads=4
 
+if [ -n "${STREAMSERVER_TEST_S3_ENDPOINT:-}" ]; then
+  step "streaming tests against the S3 bucket in proxy mode"
+  STREAMSERVER_TEST_BACKEND=s3 cargo test --release --locked --test streaming -- --test-threads=4
+fi
+
 for script in tests/clients/*.sh; do
   [ -e "$script" ] || continue
   step "real client: $script"

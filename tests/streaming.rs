@@ -15,6 +15,10 @@
 //! - ids that try to leave `video_dir` are 400 `invalid_id`, a file outside it is never served,
 //!   a missing id is 404 `video_not_found`, and the query string never changes the file;
 //! - a real MP4 uploaded through the API downloads byte-exact, its tail `moov` box included.
+//!
+//! `STREAMSERVER_TEST_BACKEND=s3` runs the same tests against an S3 bucket in proxy mode
+//! (`scripts/test.sh` does both). Skipped there: the three tests that place files on disk, and
+//! the 255-byte id, which the s3s-fs test server cannot store.
 
 mod common;
 
@@ -28,8 +32,17 @@ use serde_json::json;
 
 const SIZE: usize = 10_000;
 
+/// True, with a message, when this run uses S3 and the test needs files placed on disk.
+fn local_only(why: &str) -> bool {
+    let skip = common::backend_from_env() == common::Backend::S3;
+    if skip {
+        eprintln!("skipping on the S3 backend: the test {why}");
+    }
+    skip
+}
+
 fn server_with(id: &str, bytes: &[u8]) -> TestServer {
-    let server = TestServer::start(json!({}));
+    let server = TestServer::start_on_env_backend(json!({}));
     server.put_video(id, bytes);
     server
 }
@@ -187,7 +200,7 @@ fn keep_alive_range_then_full_get() {
 
 #[test]
 fn content_type_from_extension() {
-    let server = TestServer::start(json!({}));
+    let server = TestServer::start_on_env_backend(json!({}));
     let rows = [
         ("a.mp4", "video/mp4"),
         ("a.webm", "video/webm"),
@@ -216,7 +229,7 @@ fn content_type_from_extension() {
 
 #[test]
 fn content_type_from_first_bytes() {
-    let server = TestServer::start(json!({}));
+    let server = TestServer::start_on_env_backend(json!({}));
     let rows = [
         ("bunny", bigbuckbunny(), "video/mp4"),
         ("clip", webm_header(), "video/webm"),
@@ -236,6 +249,9 @@ fn content_type_from_first_bytes() {
 
 #[test]
 fn last_modified_is_file_mtime() {
+    if local_only("sets the file mtime on disk") {
+        return;
+    }
     let server = server_with("a.mp4", &pattern(SIZE));
     // 1_000_000_000 seconds after the epoch.
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
@@ -267,10 +283,13 @@ fn etag_is_strong_and_stable() {
 
 #[test]
 fn file_over_4gib_serves_high_offsets() {
+    if local_only("needs a 5 GiB sparse file on disk") {
+        return;
+    }
     const FIVE_GIB: u64 = 5 << 30;
     const MARKER_AT: u64 = 4 * (1 << 30) + (1 << 29);
     let marker = pattern(64);
-    let server = TestServer::start(json!({}));
+    let server = TestServer::start_on_env_backend(json!({}));
     let file = File::create(server.video_dir.join("huge.mp4")).unwrap();
     file.set_len(FIVE_GIB).unwrap();
     file.write_all_at(&marker, MARKER_AT).unwrap();
@@ -302,7 +321,10 @@ fn file_over_4gib_serves_high_offsets() {
 
 #[test]
 fn escaping_ids_are_invalid() {
-    let server = TestServer::start(json!({}));
+    if local_only("plants a hidden file on disk") {
+        return;
+    }
+    let server = TestServer::start_on_env_backend(json!({}));
     server.put_video(".hidden", b"hidden bytes");
     let long_id = "a".repeat(256);
     let targets = [
@@ -328,6 +350,11 @@ fn escaping_ids_are_invalid() {
 
 #[test]
 fn longest_valid_id_is_served() {
+    // s3s-fs keeps each object's metadata in a file named after the base64 of bucket and key,
+    // so a 255-byte key passes the file name limit there; real S3 keys may be 1,024 bytes.
+    if local_only("stores a 255-byte key, which s3s-fs cannot name on disk") {
+        return;
+    }
     let id = "a".repeat(255);
     let server = server_with(&id, b"long id");
 
@@ -339,7 +366,7 @@ fn longest_valid_id_is_served() {
 
 #[test]
 fn file_outside_video_dir_is_never_served() {
-    let server = TestServer::start(json!({}));
+    let server = TestServer::start_on_env_backend(json!({}));
     let secret = b"SECRET-OUTSIDE-VIDEO-DIR";
     std::fs::write(server.dir.path().join("secret.mp4"), secret).unwrap();
     let targets = [
@@ -366,7 +393,7 @@ fn file_outside_video_dir_is_never_served() {
 
 #[test]
 fn missing_id_is_404() {
-    let server = TestServer::start(json!({}));
+    let server = TestServer::start_on_env_backend(json!({}));
 
     assert_error(&server.get("/videos/nothing.mp4", &[]), 404, "video_not_found");
     assert_eq!(server.request("HEAD", "/videos/nothing.mp4", &[]).status, 404);
@@ -390,7 +417,7 @@ fn query_string_keeps_the_file() {
 fn uploaded_mp4_downloads_byte_exact() {
     let video = bigbuckbunny();
     let size = video.len();
-    let server = TestServer::start(json!({}));
+    let server = TestServer::start_on_env_backend(json!({}));
 
     let upload = server.upload("bunny.mp4", &video, "");
     assert_eq!(upload.status, 201, "{}", upload.text());

@@ -448,3 +448,25 @@ impl TestServer {
         None
     }
 }
+
+/// The backend named by `STREAMSERVER_TEST_BACKEND` (`local`, the default, or `s3`), for test
+/// files that run their whole suite against either backend.
+pub fn backend_from_env() -> Backend {
+    match std::env::var("STREAMSERVER_TEST_BACKEND").as_deref() {
+        Ok("s3") => Backend::S3,
+        Ok("local") | Err(_) => Backend::Local,
+        Ok(other) => panic!("STREAMSERVER_TEST_BACKEND={other:?}: use local or s3"),
+    }
+}
+
+impl TestServer {
+    /// Starts a server on the backend named by `STREAMSERVER_TEST_BACKEND`. With `s3` and no
+    /// S3 server configured, this panics under `CI=true` and otherwise falls back to local.
+    pub fn start_on_env_backend(overrides: Value) -> TestServer {
+        match backend_from_env() {
+            Backend::Local => TestServer::start(overrides),
+            Backend::S3 => TestServer::start_with(Backend::S3, overrides.clone())
+                .unwrap_or_else(|| TestServer::start(overrides)),
+        }
+    }
+}
