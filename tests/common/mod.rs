@@ -41,47 +41,7 @@ impl TestServer {
 
     /// Starts a server on `backend`; `None` when the S3 backend is not configured here.
     pub fn start_with(backend: Backend, overrides: Value) -> Option<TestServer> {
-        let dir = tempfile::tempdir().expect("creating a temporary folder");
-        let video_dir = dir.path().join("videos");
-        std::fs::create_dir_all(&video_dir).unwrap();
-
-        let mut config = json!({
-            "listen": "127.0.0.1:0",
-            "video_dir": video_dir,
-            "idle_timeout_secs": 10,
-            "header_timeout_secs": 5,
-        });
-        if backend == Backend::S3 {
-            config["storage"] = s3_storage_section(dir.path())?;
-        }
-        merge(&mut config, overrides);
-        let config_path = dir.path().join("conf.json");
-        std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-
-        let port = free_port();
-        let log_path = dir.path().join("server.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_streamserver"))
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .expect("starting the streamserver binary");
-
-        let server = TestServer {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-            video_dir,
-            backend,
-            log_path,
-            child,
-        };
-        server.wait_until_ready();
-        Some(server)
+        launch(backend, overrides, &Launch::default())
     }
 
     fn wait_until_ready(&self) {
@@ -170,6 +130,84 @@ impl TestServer {
         text.push_str("\r\n");
         self.exchange(text.as_bytes())
     }
+}
+
+/// How [`launch`] starts the process, beyond its config.
+struct Launch {
+    /// The IP address to listen on; the tests still connect to 127.0.0.1.
+    listen_ip: String,
+    /// Extra environment variables.
+    env: Vec<(String, String)>,
+    /// `RLIMIT_NOFILE` for the server, set in the child between fork and exec.
+    fd_limit: Option<u64>,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Launch { listen_ip: "127.0.0.1".to_string(), env: Vec::new(), fd_limit: None }
+    }
+}
+
+/// Writes a config with `overrides` into a fresh temporary folder, starts the binary on a free
+/// port and waits until it accepts connections. `None` when `backend` is S3 and no S3 server
+/// is configured here.
+fn launch(backend: Backend, overrides: Value, options: &Launch) -> Option<TestServer> {
+    let dir = tempfile::tempdir().expect("creating a temporary folder");
+    let video_dir = dir.path().join("videos");
+    std::fs::create_dir_all(&video_dir).unwrap();
+
+    let mut config = json!({
+        "listen": "127.0.0.1:0",
+        "video_dir": video_dir,
+        "idle_timeout_secs": 10,
+        "header_timeout_secs": 5,
+    });
+    if backend == Backend::S3 {
+        config["storage"] = s3_storage_section(dir.path())?;
+    }
+    merge(&mut config, overrides);
+    let config_path = dir.path().join("conf.json");
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+
+    let port = free_port();
+    let log_path = dir.path().join("server.log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_streamserver"));
+    command
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--listen")
+        .arg(format!("{}:{port}", options.listen_ip))
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
+        .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    if let Some(fd_limit) = options.fd_limit {
+        let limit = libc::rlimit { rlim_cur: fd_limit, rlim_max: fd_limit };
+        // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
+        // which is async-signal-safe, on a value copied into the closure.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let child = command.spawn().expect("starting the streamserver binary");
+
+    let server = TestServer {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        dir,
+        video_dir,
+        backend,
+        log_path,
+        child,
+    };
+    server.wait_until_ready();
+    Some(server)
 }
 
 impl Drop for TestServer {
@@ -330,56 +368,8 @@ impl TestServer {
     /// Starts a local-storage server whose `RLIMIT_NOFILE` is `fd_limit`, set in the child
     /// between fork and exec, so tests can run it out of file descriptors.
     pub fn start_with_fd_limit(overrides: Value, fd_limit: u64) -> TestServer {
-        let dir = tempfile::tempdir().expect("creating a temporary folder");
-        let video_dir = dir.path().join("videos");
-        std::fs::create_dir_all(&video_dir).unwrap();
-
-        let mut config = json!({
-            "listen": "127.0.0.1:0",
-            "video_dir": video_dir,
-            "idle_timeout_secs": 10,
-            "header_timeout_secs": 5,
-        });
-        merge(&mut config, overrides);
-        let config_path = dir.path().join("conf.json");
-        std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-
-        let port = free_port();
-        let log_path = dir.path().join("server.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_streamserver"));
-        command
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap());
-        let limit = libc::rlimit { rlim_cur: fd_limit, rlim_max: fd_limit };
-        // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
-        // which is async-signal-safe, on a value copied into the closure.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        let child = command.spawn().expect("starting the streamserver binary with a low fd limit");
-
-        let server = TestServer {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-            video_dir,
-            backend: Backend::Local,
-            log_path,
-            child,
-        };
-        server.wait_until_ready();
-        server
+        let options = Launch { fd_limit: Some(fd_limit), ..Launch::default() };
+        launch(Backend::Local, overrides, &options).expect("local backend always starts")
     }
 }
 
@@ -388,45 +378,12 @@ impl TestServer {
     /// port, with `env` added to its environment. `addr` stays on 127.0.0.1, which reaches a
     /// wildcard listener too.
     pub fn start_custom(overrides: Value, listen_ip: &str, env: &[(&str, &str)]) -> TestServer {
-        let dir = tempfile::tempdir().expect("creating a temporary folder");
-        let video_dir = dir.path().join("videos");
-        std::fs::create_dir_all(&video_dir).unwrap();
-
-        let mut config = json!({
-            "listen": "127.0.0.1:0",
-            "video_dir": video_dir,
-            "idle_timeout_secs": 10,
-            "header_timeout_secs": 5,
-        });
-        merge(&mut config, overrides);
-        let config_path = dir.path().join("conf.json");
-        std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-
-        let port = free_port();
-        let log_path = dir.path().join("server.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_streamserver"))
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
-            .arg(format!("{listen_ip}:{port}"))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .expect("starting the streamserver binary");
-
-        let server = TestServer {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-            video_dir,
-            backend: Backend::Local,
-            log_path,
-            child,
+        let options = Launch {
+            listen_ip: listen_ip.to_string(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            fd_limit: None,
         };
-        server.wait_until_ready();
-        server
+        launch(Backend::Local, overrides, &options).expect("local backend always starts")
     }
 
     /// Sends `signal` (such as `libc::SIGINT` or `libc::SIGKILL`) to the server process.
