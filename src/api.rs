@@ -1,4 +1,4 @@
-//! The JSON API format: every answer that is not media is `application/json`.
+//! The JSON API format: every response that is not media is `application/json`.
 //!
 //! An error is `{"error": {"code": "<stable snake_case>", "message": "<what to do>"}}`. This
 //! module owns the one exhaustive mapping from [`ApiError`] to HTTP status and code; handlers
@@ -11,14 +11,14 @@ use serde::Serialize;
 
 use crate::server::response::Response;
 
-/// An error answer, one variant per distinct cause a client can act on.
+/// An error response, one variant per distinct cause a client can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
     /// No route has this path.
     RouteNotFound,
     /// The path exists but not for this method; the value lists the allowed methods.
     MethodNotAllowed { allow: &'static str },
-    /// The video id in the path breaks the id rules; the value says which.
+    /// The video id in the path breaks the id rules; the value names the rule.
     InvalidId(String),
     /// No video is stored under this id.
     VideoNotFound(String),
@@ -36,7 +36,7 @@ pub enum ApiError {
     VideoExists(String),
     /// The upload's `Content-Type` is not `multipart/form-data` with a boundary.
     NotMultipart(String),
-    /// The multipart body is malformed; the value says how.
+    /// The multipart body is malformed; the value describes how.
     MalformedMultipart(String),
     /// The multipart body has no part named `file`.
     MissingFileField,
@@ -44,7 +44,7 @@ pub enum ApiError {
     IncompleteBody,
     /// The request head has too many headers or is too long.
     HeadersTooLarge,
-    /// The request is not valid HTTP/1.x; the value says why.
+    /// The request is not valid HTTP/1.x; the value gives the reason.
     BadRequest(String),
     /// The request head did not arrive within `header_timeout_secs`.
     RequestTimeout,

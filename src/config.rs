@@ -30,7 +30,7 @@ pub struct Config {
     /// Seconds an idle keep-alive connection stays open, and the longest a body read or a
     /// response write may stall. Default: 60.
     pub idle_timeout_secs: u64,
-    /// Most ranges served as one `multipart/byteranges` answer; more get the whole file.
+    /// Maximum ranges served as one `multipart/byteranges` response; more get the whole file.
     /// Default: 16.
     pub max_ranges: usize,
     /// `Cache-Control` value sent with media. The default lets caches keep a video but check
@@ -98,7 +98,7 @@ pub struct StorageConfig {
     /// (`{bucket}.{endpoint host}/{key}`). MinIO needs `true`; Aliyun OSS rejects it.
     /// Default: `false`.
     pub path_style: bool,
-    /// `proxy` streams the bytes through this server; `redirect` answers `302` to a presigned
+    /// `proxy` streams the bytes through this server; `redirect` responds `302` to a presigned
     /// bucket URL. Default: `proxy`.
     pub serve: ServeMode,
     /// Seconds a presigned redirect URL stays valid, 1 to 604800 (7 days, the S3 maximum).
@@ -204,12 +204,12 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A config file that could not be read or holds an invalid value.
+/// A config file that could not be read or contains an invalid value.
 #[derive(Debug)]
 pub struct ConfigError {
     /// The file, or `--listen` for the command-line override.
     pub source_name: String,
-    /// What is wrong and how to fix it.
+    /// The problem and its fix.
     pub message: String,
 }
 

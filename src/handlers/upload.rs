@@ -7,7 +7,7 @@
 //! 2. stream the part named `file` into a temporary file in the staging folder, counting the
 //!    body against the limit as it arrives (413 once past it);
 //! 3. hand the file to the storage backend, which syncs it and moves it into place atomically;
-//! 4. answer 201 with `Location` and `{"id", "size", "url"}`.
+//! 4. respond 201 with `Location` and `{"id", "size", "url"}`.
 //!
 //! Any failure removes the temporary file, so nothing half-written is ever visible and an
 //! existing video stays untouched.

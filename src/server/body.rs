@@ -14,11 +14,11 @@ use crate::server::conn::Connection;
 use crate::server::request::BodyFraming;
 use crate::server::response::write_continue;
 
-/// The most unread body bytes [`BodyReader::skip_buffered`] skips; a longer body closes the
+/// Maximum unread body bytes [`BodyReader::skip_buffered`] skips; a longer body closes the
 /// connection.
 const MAX_SKIPPED_BYTES: u64 = 256 * 1024;
 
-/// The longest chunk-size or trailer line accepted.
+/// Maximum length of a chunk-size or trailer line.
 const MAX_CHUNK_LINE: usize = 4096;
 
 /// An I/O error kind payload that marks a body over the limit, so handlers can tell it from a
@@ -106,7 +106,7 @@ impl<'a> BodyReader<'a> {
         self.consumed
     }
 
-    /// Skips the unread rest of the body when the connection's buffer already holds all of
+    /// Skips the unread rest of the body when the connection's buffer already contains all of
     /// it, without touching the socket. Returns true when the body is fully consumed, so the
     /// connection can carry another request. A client still waiting for `100 Continue` has
     /// sent nothing of its body, so its connection cannot be reused.

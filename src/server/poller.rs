@@ -36,13 +36,13 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const TICK: Duration = Duration::from_millis(100);
 
 /// How long a closing connection is read and discarded so that its unread request bytes do
-/// not make the kernel reset the connection before the client reads the answer.
+/// not make the kernel reset the connection before the client reads the response.
 const LINGER: Duration = Duration::from_secs(2);
 
 /// Wait after an `accept()` error such as EMFILE before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Why a connection comes back to the poller.
+/// The reason a connection comes back to the poller.
 pub enum Park {
     /// Waiting for its next request.
     KeepAlive,
@@ -306,7 +306,7 @@ impl Poller {
     /// it must wait for more bytes.
     fn read_head(&mut self, mut parked: Parked) -> Option<Parked> {
         // A client may send its request and shut down its write side at once; the request
-        // still gets its answer, and the connection closes when nothing complete is left.
+        // still gets its response, and the connection closes when nothing complete is left.
         let mut end_of_input = false;
         loop {
             match parked.conn.fill() {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use crate::api::ApiError;
 
-/// The most headers a request may carry; more get 431.
+/// Maximum headers in one request; more get 431.
 pub const MAX_HEADERS: usize = 100;
 
 /// A request method; the ones the routes know get their own variant.
@@ -103,7 +103,7 @@ pub enum ParseOutcome {
     Complete(Request, usize),
     /// More bytes are needed.
     Partial,
-    /// The head is invalid; answer with this error and close.
+    /// The head is invalid: respond with this error and close.
     Invalid(ApiError),
 }
 

@@ -1,7 +1,7 @@
 //! Responses and how their bytes reach the socket.
 //!
 //! A [`Response`] is a status, headers and a [`Body`] whose length is always known up front, so
-//! every answer carries an exact `Content-Length` and nothing is sent chunked. File bodies go
+//! every response carries an exact `Content-Length` and nothing is sent chunked. File bodies go
 //! out with `sendfile(2)`, so no byte is copied through user space; `multipart/byteranges`
 //! bodies are sent under `TCP_CORK` so their part headers share packets with the file bytes. Header values are checked here for
 //! CR and LF, the one place every header passes, so no input can inject a header.

@@ -1,7 +1,7 @@
 //! The fixed pool of worker threads that serve parsed requests.
 //!
 //! A worker takes a [`Job`] (a connection with a complete request head), takes a token from the
-//! limiter or answers 429 at once, runs the handler with panics caught, writes the response,
+//! limiter or responds 429 at once, runs the handler with panics caught, writes the response,
 //! and gives the token back only after the last byte is written. It then serves requests the
 //! client already pipelined, and hands the connection back to the poller to wait for the next.
 //! Sockets are blocking here, with read and write timeouts, so a stalled client costs at most
@@ -125,8 +125,8 @@ fn serve_request(conn: &mut Connection, request: Request, app: &App) -> Next {
     };
     log_access(&request, status, bytes, written.is_err(), started);
 
-    // Closing after a complete answer lingers too: bytes the client sent after its request
-    // would otherwise make the kernel reset the connection and drop the answer's tail.
+    // Closing after a complete response lingers too, because bytes the client sent after its
+    // request would otherwise make the kernel reset the connection and drop the response's tail.
     match (written.is_ok(), keep_alive) {
         (false, _) => Next::Close,
         (true, true) => Next::KeepAlive,
@@ -145,7 +145,7 @@ fn run_handler(app: &App, request: &Request, body: &mut BodyReader) -> (Response
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             log::error!(
-                "handler panicked on {} {}: {what}; answered 500",
+                "handler panicked on {} {}: {what}; responded 500",
                 request.method.as_str(),
                 request.target.escape_debug()
             );

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use crate::server::response::Body;
 
-/// What a backend knows about a stored video.
+/// Metadata a backend keeps for a stored video.
 #[derive(Debug, Clone)]
 pub struct ObjectInfo {
     pub size: u64,
@@ -131,7 +131,7 @@ pub const TEMP_PREFIX: &str = ".upload-";
 /// The suffix of every upload temporary file.
 pub const TEMP_SUFFIX: &str = ".part";
 
-/// The most bytes of the id a temporary file name repeats, so the name stays under the
+/// The maximum bytes of the id a temporary file name repeats, so the name stays under the
 /// 255-byte file name limit for ids of up to 255 bytes.
 const TEMP_ID_BYTES: usize = 64;
 
@@ -146,7 +146,7 @@ pub fn temp_path(dir: &Path, id: &str) -> PathBuf {
 }
 
 /// Locks a temporary upload file for as long as it stays open, so another server process
-/// sharing the folder knows the upload is in progress and leaves the file alone.
+/// sharing the folder can tell the upload is in progress and leaves the file alone.
 pub fn lock_temp_file(file: &File) -> io::Result<()> {
     // SAFETY: flock(2) on a descriptor the File owns for the duration of the call.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
@@ -156,7 +156,7 @@ pub fn lock_temp_file(file: &File) -> io::Result<()> {
     }
 }
 
-/// Which upload temporary files a cleanup removes.
+/// The set of upload temporary files a cleanup removes.
 #[derive(Debug, Clone, Copy)]
 pub enum TempCleanup {
     /// Files no process holds locked: uploads cut off by a crash. Used at startup, when
