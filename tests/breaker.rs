@@ -20,7 +20,7 @@ use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{multipart_body, pattern, read_response, Response, TestServer};
 use serde_json::json;
@@ -42,10 +42,20 @@ fn assert_error_code(response: &Response, status: u16, code: &str) {
     assert_eq!(response.error_code(), code, "{}", response.text());
 }
 
+/// Returns `/healthz`'s `tokens_in_use`, polling up to two seconds for it to reach zero:
+/// a worker returns its token just after the last byte is written, which a fast client can
+/// overtake.
 fn tokens_in_use(server: &TestServer) -> u64 {
-    let health = server.get("/healthz", &[]);
-    assert_eq!(health.status, 200, "{}", health.text());
-    health.json()["tokens_in_use"].as_u64().unwrap()
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let health = server.get("/healthz", &[]);
+        assert_eq!(health.status, 200, "{}", health.text());
+        let in_use = health.json()["tokens_in_use"].as_u64().unwrap();
+        if in_use == 0 || Instant::now() >= deadline {
+            return in_use;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
