@@ -44,17 +44,6 @@ impl TestServer {
         launch(backend, overrides, &Launch::default())
     }
 
-    fn wait_until_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if TcpStream::connect(self.addr).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("server did not start; log:\n{}", self.log());
-    }
-
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -169,8 +158,44 @@ fn launch(backend: Backend, overrides: Value, options: &Launch) -> Option<TestSe
     let config_path = dir.path().join("conf.json");
     std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
 
-    let port = free_port();
-    let log_path = dir.path().join("server.log");
+    // A port from `free_port` can be taken by another process before the server binds it,
+    // so a server that exits at startup is started again on a new port.
+    for attempt in 1..=5 {
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log_path = dir.path().join(format!("server-{port}.log"));
+        let mut child = spawn_server(&config_path, port, &log_path, options);
+        if wait_until_ready(addr, &mut child, &log_path) {
+            return Some(TestServer { addr, dir, video_dir, backend, log_path, child });
+        }
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(
+            attempt < 5 && log.contains("Address already in use"),
+            "server exited at startup; log:\n{log}"
+        );
+    }
+    unreachable!("the loop returns or panics on its last attempt")
+}
+
+/// Waits until the server accepts connections. Returns false when the process exited first,
+/// as it does when another process took its port after `free_port` released it.
+fn wait_until_ready(addr: SocketAddr, child: &mut Child, log_path: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(addr).is_ok() {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    panic!("server did not start; log:\n{log}");
+}
+
+/// Starts the binary with `config_path` on `port`, its log going to `log_path`.
+fn spawn_server(config_path: &Path, port: u16, log_path: &Path, options: &Launch) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_streamserver"));
     command
         .arg("--config")
@@ -181,7 +206,7 @@ fn launch(backend: Backend, overrides: Value, options: &Launch) -> Option<TestSe
         .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap());
+        .stderr(std::fs::File::create(log_path).unwrap());
     if let Some(fd_limit) = options.fd_limit {
         let limit = libc::rlimit { rlim_cur: fd_limit, rlim_max: fd_limit };
         // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
@@ -196,18 +221,7 @@ fn launch(backend: Backend, overrides: Value, options: &Launch) -> Option<TestSe
             });
         }
     }
-    let child = command.spawn().expect("starting the streamserver binary");
-
-    let server = TestServer {
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        dir,
-        video_dir,
-        backend,
-        log_path,
-        child,
-    };
-    server.wait_until_ready();
-    Some(server)
+    command.spawn().expect("starting the streamserver binary")
 }
 
 impl Drop for TestServer {
