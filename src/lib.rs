@@ -128,12 +128,11 @@ fn log_startup(config: &Config, server: &Server, storage: &dyn Storage) {
 fn shut_down(server: &mut Server, app: &App, grace: Duration) {
     server.stop();
 
-    let workers = server.take_workers();
     let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && workers.iter().any(|w| !w.is_finished()) {
+    while Instant::now() < deadline && server.running_workers() > 0 {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let busy = workers.iter().filter(|w| !w.is_finished()).count();
+    let busy = server.running_workers();
     if busy > 0 {
         log::warn!(
             "shutdown grace of {}s ran out; cutting off {busy} requests in flight",

@@ -3,10 +3,10 @@
 //! Threads and their jobs:
 //! - the poller ([`poller`]) accepts connections, waits for request heads on all of them with
 //!   epoll, enforces header and idle timeouts, and sends each complete head to the workers;
-//! - a fixed pool of workers ([`worker`]) takes a limiter token per request, runs the handler
-//!   and writes the response, then returns the connection to the poller.
+//! - a pool of at most `workers` threads ([`worker`]) takes a limiter token per request, runs
+//!   the handler and writes the response, then returns the connection to the poller.
 //!
-//! Idle and slow clients therefore cost no thread, and the thread count is `workers + 2`
+//! Idle and slow clients therefore cost no thread, and the thread count is at most `workers + 2`
 //! whatever the number of connections.
 
 pub mod body;
@@ -56,7 +56,7 @@ pub struct Server {
     stopping: Arc<AtomicBool>,
     poller: PollerHandle,
     poller_thread: Option<JoinHandle<()>>,
-    workers: Vec<JoinHandle<()>>,
+    workers: worker::WorkerPool,
     open_count: Arc<AtomicUsize>,
 }
 
@@ -80,7 +80,7 @@ impl Server {
             Poller::new(listener, settings, jobs.clone(), open_count.clone(), stopping.clone())?;
 
         let poller_thread = std::thread::Builder::new().name("poller".into()).spawn(move || poller.run())?;
-        let workers = worker::spawn_workers(config.worker_count(), jobs, app, handle.clone());
+        let workers = worker::WorkerPool::start(config.worker_count(), jobs, app, handle.clone());
 
         Ok(Server {
             local_addr,
@@ -119,8 +119,9 @@ impl Server {
         }
     }
 
-    /// The worker threads, for a shutdown that waits on them.
-    pub fn take_workers(&mut self) -> Vec<JoinHandle<()>> {
-        std::mem::take(&mut self.workers)
+    /// Worker threads still running; after [`Server::stop`] they end once the requests they
+    /// serve and the queued ones are done.
+    pub fn running_workers(&self) -> usize {
+        self.workers.running()
     }
 }

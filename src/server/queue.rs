@@ -14,6 +14,8 @@ use crate::server::Job;
 struct State {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// Workers sleeping in [`JobQueue::pop`].
+    idle: usize,
 }
 
 /// The shared queue; clones refer to the same queue.
@@ -40,20 +42,30 @@ impl JobQueue {
         Ok(())
     }
 
-    /// Takes the next job, sleeping while there is none. Returns `None` once the queue is
+    /// Takes the next job, sleeping while there is none. Returns it with `true` when no other
+    /// worker is left sleeping here to take the job after it, or `None` once the queue is
     /// closed and empty.
-    pub fn pop(&self) -> Option<Job> {
+    pub fn pop(&self) -> Option<(Job, bool)> {
         let (lock, ready) = &*self.inner;
         let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(job) = state.jobs.pop_front() {
-                return Some(job);
+                let last_awake = state.idle == 0;
+                return Some((job, last_awake));
             }
             if state.closed {
                 return None;
             }
+            state.idle += 1;
             state = ready.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state.idle -= 1;
         }
+    }
+
+    /// True when a worker sleeps here, ready to take the next job at once.
+    pub fn has_idle_worker(&self) -> bool {
+        let (lock, _) = &*self.inner;
+        lock.lock().unwrap_or_else(PoisonError::into_inner).idle > 0
     }
 
     /// Refuses new jobs and lets workers end once the queued ones are served.

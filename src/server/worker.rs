@@ -1,16 +1,19 @@
-//! The fixed pool of worker threads that serve parsed requests.
+//! The fixed-size pool of worker threads that serve parsed requests.
 //!
 //! A worker takes a [`Job`] (a connection with a complete request head), takes a token from the
 //! limiter or responds 429 at once, runs the handler with panics caught, writes the response,
 //! and gives the token back only after the last byte is written. It then serves requests the
-//! client already pipelined, and hands the connection back to the poller to wait for the next.
-//! Sockets are blocking here, with read and write timeouts, so a stalled client costs at most
-//! `idle_timeout_secs` of one worker.
+//! client already pipelined or sends within [`NEXT_REQUEST_WAIT`], and otherwise hands the
+//! connection back to the poller to wait for the next. Sockets are blocking here, with read
+//! and write timeouts, so a stalled client costs at most `idle_timeout_secs` of one worker.
+//! Threads start on demand up to the configured `workers`, so an idle server runs only a few.
 
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 
 use crate::api::ApiError;
@@ -23,32 +26,81 @@ use crate::server::request::{parse_head, Method, ParseOutcome, Request};
 use crate::server::response::{write_response, Framing, Response};
 use crate::server::Job;
 
-/// Starts `count` workers that run until the job queue is closed and empty.
-pub fn spawn_workers(
-    count: usize,
+/// How long a worker keeps a keep-alive connection after a response, waiting for the next
+/// request, before it hands the connection back to the poller. A benchmark client or a player
+/// filling its buffer sends its next request within this time. Serving it here saves two
+/// thread wake-ups and two `epoll_ctl` calls per request. A viewer's next range request,
+/// seconds later, goes through the poller as before.
+const NEXT_REQUEST_WAIT: Duration = Duration::from_millis(2);
+
+/// Workers started at once; the pool grows from here up to its fixed size.
+const INITIAL_WORKERS: usize = 4;
+
+/// The worker pool: a fixed maximum of threads, started on demand. A worker that takes the
+/// last job while no other worker waits for one starts another, so a spare worker is ready
+/// for the next request until the maximum is reached, and threads that were never needed
+/// cost no memory. Workers never exit before shutdown.
+#[derive(Clone)]
+pub struct WorkerPool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     jobs: JobQueue,
     app: Arc<App>,
     poller: PollerHandle,
-) -> Vec<std::thread::JoinHandle<()>> {
-    (0..count)
-        .map(|i| {
-            let jobs = jobs.clone();
-            let app = app.clone();
-            let poller = poller.clone();
-            std::thread::Builder::new()
-                .name(format!("worker-{i}"))
-                .spawn(move || {
-                    while let Some(job) = jobs.pop() {
-                        serve_connection(job, &app, &poller);
-                    }
-                })
-                .expect("spawning a worker thread at startup")
-        })
-        .collect()
+    max: usize,
+    started: AtomicUsize,
+    running: AtomicUsize,
+}
+
+impl WorkerPool {
+    /// Starts the first workers of a pool of at most `max`.
+    pub fn start(max: usize, jobs: JobQueue, app: Arc<App>, poller: PollerHandle) -> WorkerPool {
+        let shared = Shared { jobs, app, poller, max, started: AtomicUsize::new(0), running: AtomicUsize::new(0) };
+        let pool = WorkerPool { shared: Arc::new(shared) };
+        for _ in 0..INITIAL_WORKERS.min(max) {
+            pool.grow();
+        }
+        pool
+    }
+
+    /// Worker threads alive now; 0 once every worker has ended after shutdown.
+    pub fn running(&self) -> usize {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
+    /// Starts one more worker unless the pool is at its maximum.
+    fn grow(&self) {
+        let claimed = self.shared.started.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < self.shared.max).then_some(n + 1)
+        });
+        let Ok(index) = claimed else { return };
+
+        self.shared.running.fetch_add(1, Ordering::AcqRel);
+        let pool = self.clone();
+        let spawned = std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || pool.work());
+        if let Err(e) = spawned {
+            self.shared.running.fetch_sub(1, Ordering::AcqRel);
+            self.shared.started.fetch_sub(1, Ordering::AcqRel);
+            log::error!("cannot start worker {index}: {e}; serving with {index} workers");
+        }
+    }
+
+    fn work(self) {
+        let shared = &*self.shared;
+        while let Some((job, last_awake)) = shared.jobs.pop() {
+            if last_awake {
+                self.grow();
+            }
+            serve_connection(job, &shared.app, &shared.poller, &shared.jobs);
+        }
+        shared.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Serves the job's request and any complete requests pipelined behind it.
-fn serve_connection(job: Job, app: &App, poller: &PollerHandle) {
+fn serve_connection(job: Job, app: &App, poller: &PollerHandle, jobs: &JobQueue) {
     let Job { mut conn, mut request } = job;
     if let Err(e) = make_blocking(&conn) {
         log::debug!("closing connection from {}: socket setup failed: {e}", conn.peer);
@@ -67,6 +119,15 @@ fn serve_connection(job: Job, app: &App, poller: &PollerHandle) {
             }
         }
 
+        // A client that sends its next request at once is served without a trip through
+        // the poller, as long as another worker is free for new work meanwhile.
+        if conn.buffered().is_empty() && jobs.has_idle_worker() && next_request_arrives(&conn) {
+            match conn.fill() {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        }
+
         match parse_head(conn.buffered(), conn.peer) {
             ParseOutcome::Complete(next, head_len) => {
                 conn.consume(head_len);
@@ -80,6 +141,15 @@ fn serve_connection(job: Job, app: &App, poller: &PollerHandle) {
             }
         }
     }
+}
+
+/// Waits up to [`NEXT_REQUEST_WAIT`] for the client's next request on a keep-alive connection.
+fn next_request_arrives(conn: &Connection) -> bool {
+    let mut pfd = libc::pollfd { fd: conn.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let timeout = NEXT_REQUEST_WAIT.as_millis() as libc::c_int;
+    // SAFETY: one valid pollfd for a socket this worker owns, for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, timeout) };
+    ready == 1 && pfd.revents & libc::POLLIN != 0
 }
 
 enum Next {

@@ -12,23 +12,51 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::open_files::{OpenFile, OpenFiles};
 use super::{Object, ObjectInfo, ObjectSource, Storage, StorageError};
 use crate::server::response::Body;
 
 /// Videos stored as files in one folder.
 pub struct LocalStorage {
     dir: PathBuf,
+    open_files: OpenFiles,
 }
 
 impl LocalStorage {
     /// Uses `dir`, creating it when missing.
     pub fn new(dir: &Path) -> io::Result<LocalStorage> {
         std::fs::create_dir_all(dir)?;
-        Ok(LocalStorage { dir: dir.to_path_buf() })
+        Ok(LocalStorage { dir: dir.to_path_buf(), open_files: OpenFiles::default() })
     }
 
     fn path_of(&self, id: &str) -> PathBuf {
         self.dir.join(id)
+    }
+
+    /// Returns the open file for `id`: the cached descriptor while a `stat` of the path shows
+    /// the same file, otherwise a fresh one, cached when it is a regular file.
+    fn open_cached(&self, id: &str) -> Result<OpenFile, StorageError> {
+        let path = self.path_of(id);
+        let current = std::fs::metadata(&path).map_err(|e| {
+            self.open_files.forget(id);
+            not_found_or(e, &path, "stat")
+        })?;
+        if let Some(open) = self.open_files.get(id, &current) {
+            return Ok(open);
+        }
+
+        // O_NONBLOCK keeps a FIFO from blocking the open; regular files ignore the flag.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| not_found_or(e, &path, "open"))?;
+        let meta = file.metadata().map_err(|e| StorageError::io(format!("stat {}", path.display()), e))?;
+        let open = OpenFile { file: Arc::new(file), meta: Arc::new(meta) };
+        if open.meta.is_file() {
+            self.open_files.insert(id, open.clone());
+        }
+        Ok(open)
     }
 }
 
@@ -38,14 +66,8 @@ impl Storage for LocalStorage {
     }
 
     fn open(&self, id: &str) -> Result<Object, StorageError> {
-        let path = self.path_of(id);
-        // O_NONBLOCK keeps a FIFO from blocking the open; regular files ignore the flag.
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(|e| not_found_or(e, &path, "open"))?;
-        let meta = file.metadata().map_err(|e| StorageError::io(format!("stat {}", path.display()), e))?;
+        let open = self.open_cached(id)?;
+        let meta = &open.meta;
         if !meta.is_file() {
             return Err(StorageError::NotFound);
         }
@@ -56,7 +78,7 @@ impl Storage for LocalStorage {
             identity: meta.ino() ^ (meta.dev() << 48),
             content_type: None,
         };
-        Ok(Object { info, source: Box::new(LocalSource { file: Arc::new(file) }) })
+        Ok(Object { info, source: Box::new(LocalSource { file: open.file }) })
     }
 
     fn exists(&self, id: &str) -> Result<bool, StorageError> {
@@ -96,6 +118,7 @@ impl Storage for LocalStorage {
             return Err(StorageError::NotFound);
         }
         std::fs::remove_file(&path).map_err(|e| not_found_or(e, &path, "remove"))?;
+        self.open_files.forget(id);
         sync_dir(&self.dir).map_err(|e| StorageError::io(format!("sync folder {}", self.dir.display()), e))
     }
 }

@@ -6,6 +6,7 @@
 //! that commit atomic: a reader sees the old video or the complete new one.
 
 pub mod local;
+mod open_files;
 pub mod s3;
 
 use std::fmt;
