@@ -29,8 +29,9 @@ step "unit and end-to-end tests"
 cargo test --release --locked -- --test-threads=4
 
 if [ -n "${STREAMSERVER_TEST_S3_ENDPOINT:-}" ]; then
-  step "streaming tests against the S3 bucket in proxy mode"
-  STREAMSERVER_TEST_BACKEND=s3 cargo test --release --locked --test streaming -- --test-threads=4
+  step "streaming, conformance and flow-control tests against the S3 bucket in proxy mode"
+  STREAMSERVER_TEST_BACKEND=s3 cargo test --release --locked \
+    --test streaming --test conformance --test flow_control -- --test-threads=4
 fi
 
 for script in tests/clients/*.sh; do

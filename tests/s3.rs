@@ -29,7 +29,8 @@ const S3FS_BIN_VAR: &str = "STREAMSERVER_TEST_S3FS_BIN";
 fn unique_prefix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("s3test-{}-{}/", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("s3test-{}-{}-{}/", std::process::id(), started.as_nanos(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 fn bucket_name() -> String {

@@ -180,13 +180,19 @@ fn launch(backend: Backend, overrides: Value, options: &Launch) -> Option<TestSe
 /// Waits until the server accepts connections. Returns false when the process exited first,
 /// as it does when another process took its port after `free_port` released it.
 fn wait_until_ready(addr: SocketAddr, child: &mut Child, log_path: &Path) -> bool {
+    // Another process can bind the port between `free_port` and this server's bind, so a
+    // successful connect alone may reach that process. With the harness's default log level
+    // the server's own startup line, which names the port, shows the bind was its own.
+    let own_line = format!(":{}; storage", addr.port());
+    let startup_logged = std::env::var("RUST_LOG").is_err();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if TcpStream::connect(addr).is_ok() {
-            return true;
-        }
         if let Ok(Some(_)) = child.try_wait() {
             return false;
+        }
+        let own = !startup_logged || std::fs::read_to_string(log_path).is_ok_and(|log| log.contains(&own_line));
+        if own && TcpStream::connect(addr).is_ok() {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -360,7 +366,9 @@ fn s3_storage_section(_dir: &Path) -> Option<Value> {
         return None;
     };
     let bucket = std::env::var("STREAMSERVER_TEST_S3_BUCKET").unwrap_or_else(|_| "streamserver-test".into());
-    let prefix = format!("t{}/", std::process::id() as u64 * 1000 + next_id());
+    // The start time keeps prefixes unique when a long-running S3 server outlives wrapped pids.
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let prefix = format!("t{}-{}-{}/", std::process::id(), started.as_nanos(), next_id());
     Some(json!({
         "backend": "s3",
         "endpoint": endpoint,
@@ -439,5 +447,37 @@ impl TestServer {
             Backend::S3 => TestServer::start_with(Backend::S3, overrides.clone())
                 .unwrap_or_else(|| TestServer::start(overrides)),
         }
+    }
+}
+
+impl TestServer {
+    /// Returns the file that contains video `id`: `video_dir/{id}` on local storage, and on S3
+    /// the file `$STREAMSERVER_TEST_S3_ROOT/{bucket}/{prefix}{id}`, where s3s-fs 0.14.1 keeps it.
+    pub fn object_path(&self, id: &str) -> PathBuf {
+        match self.backend {
+            Backend::Local => self.video_dir.join(id),
+            Backend::S3 => {
+                let root = std::env::var("STREAMSERVER_TEST_S3_ROOT").expect(
+                    "STREAMSERVER_TEST_S3_ROOT is unset: start the S3 server with scripts/s3-server.sh, which exports it",
+                );
+                let config_text = std::fs::read(self.dir.path().join("conf.json")).unwrap();
+                let config: Value = serde_json::from_slice(&config_text).unwrap();
+                let storage = &config["storage"];
+                let bucket = storage["bucket"].as_str().expect("the S3 config names a bucket");
+                let prefix = storage["prefix"].as_str().expect("the S3 config names a prefix");
+                Path::new(&root).join(bucket).join(format!("{prefix}{id}"))
+            }
+        }
+    }
+
+    /// Sets the modification time of stored video `id`. s3s-fs 0.14.1 sends the object file's
+    /// mtime as `Last-Modified`, so this works on both backends.
+    pub fn set_modified(&self, id: &str, modified: std::time::SystemTime) {
+        let path = self.object_path(id);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|file| file.set_modified(modified))
+            .unwrap_or_else(|e| panic!("setting the modification time of {}: {e}", path.display()));
     }
 }
