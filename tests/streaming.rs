@@ -14,10 +14,11 @@
 //! - files over 4 GiB serve ranges past 4 GiB byte-exact;
 //! - ids that try to leave `video_dir` are 400 `invalid_id`, a file outside it is never served,
 //!   a missing id is 404 `video_not_found`, and the query string never changes the file;
-//! - a real MP4 uploaded through the API downloads byte-exact, its tail `moov` box included.
+//! - a real MP4 uploaded through the API downloads byte-exact, its tail `moov` box included;
+//! - a file replaced, edited or deleted on disk is never served from the open-file cache.
 //!
 //! `STREAMSERVER_TEST_BACKEND=s3` runs the same tests against an S3 bucket in proxy mode
-//! (`scripts/test.sh` does both). Skipped there: the three tests that place files on disk, and
+//! (`scripts/test.sh` does both). Skipped there: the four tests that place files on disk, and
 //! the 255-byte id, which the s3s-fs test server cannot store.
 
 mod common;
@@ -484,4 +485,33 @@ fn read_rest(stream: &mut std::net::TcpStream) -> Vec<u8> {
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest);
     rest
+}
+
+#[test]
+fn open_file_cache_skips_changed_files() {
+    if local_only("changes files on disk behind the server") {
+        return;
+    }
+    let server = TestServer::start_on_env_backend(json!({}));
+    let path = server.video_dir.join("cached.mp4");
+    std::fs::write(&path, b"first version").unwrap();
+    assert_eq!(server.get("/videos/cached.mp4", &[]).body, b"first version");
+
+    // Replaced by a rename, as an upload does: a new inode of the same size.
+    let staged = server.video_dir.join("staged.tmp");
+    std::fs::write(&staged, b"other version").unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    assert_eq!(server.get("/videos/cached.mp4", &[]).body, b"other version");
+
+    // Edited in place: the same inode with a new size and modification time.
+    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b", longer").unwrap();
+    let edited = server.get("/videos/cached.mp4", &["Range: bytes=6-"]);
+    assert_eq!(edited.status, 206);
+    assert_eq!(edited.body, b"version, longer");
+
+    // Deleted: the cached descriptor must not keep serving it.
+    std::fs::remove_file(&path).unwrap();
+    let deleted = server.get("/videos/cached.mp4", &[]);
+    assert_eq!(deleted.status, 404);
+    assert_eq!(deleted.error_code(), "video_not_found");
 }
