@@ -11,7 +11,13 @@
 //!   leaves no temporary file;
 //! - `DELETE` of an id held by a folder gets 404 `video_not_found`, as `GET` does, not 500;
 //! - a FIFO in `video_dir` gets 404 at once and holds no worker or token;
-//! - a chunk size with a sign or leading whitespace is rejected with 400 and nothing is stored.
+//! - a chunk size with a sign or leading whitespace is rejected with 400 and nothing is stored;
+//! - a client that pipelines requests and never reads their 429 responses occupies no worker, so
+//!   other clients still get 429 at once;
+//! - a unix socket, a symbolic link loop or a link to a device at a video's path is 404, not
+//!   500;
+//! - an overwriting upload leaves no descriptor of the replaced file open;
+//! - a file rewritten in place with its old size and modification time gets a new ETag.
 
 mod common;
 
@@ -172,4 +178,135 @@ fn chunk_size_with_sign_or_space_is_400() {
         assert_error_code(&response, 400, "bad_request");
         assert!(!server.video_dir.join(id).exists(), "{size_line:?}: the upload was stored");
     }
+}
+
+/// Connects to the server with a 4 KiB receive buffer, set before the connect so the window
+/// the client advertises stays small.
+fn connect_small_window(server: &TestServer) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(addr) = server.addr else { panic!("the test server listens on IPv4") };
+    let remote = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let size: libc::c_int = 4096;
+
+    // SAFETY: `fd` is a fresh socket that `TcpStream` then owns and closes, and every pointer
+    // refers to a live value of the length passed with it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket failed: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "SO_RCVBUF failed: {}", std::io::Error::last_os_error());
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "connect failed: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+#[test]
+fn unread_429_answers_hold_no_worker() {
+    let server = TestServer::start(json!({
+        "max_conns": 1,
+        "max_conns_per_ip": 1,
+        "workers": 2,
+        "idle_timeout_secs": 30,
+    }));
+    server.put_video("big.mp4", &pattern(16 << 20));
+
+    // A download that stops reading keeps the only token and one of the two workers.
+    let mut holder = connect_small_window(&server);
+    holder.write_all(b"GET /videos/big.mp4 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    holder.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Read::read_exact(&mut holder, &mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    // Pipelined requests whose 429 responses are never read, until the server stops reading.
+    let mut pipeliner = connect_small_window(&server);
+    pipeliner.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+    let burst = b"HEAD /videos/big.mp4 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && pipeliner.write_all(&burst).is_ok() {}
+
+    let started = Instant::now();
+    let refused = server.get("/videos/big.mp4", &["Range: bytes=0-0"]);
+    let waited = started.elapsed();
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert!(waited < Duration::from_secs(3), "the 429 took {waited:?}");
+    drop(pipeliner);
+    drop(holder);
+}
+
+#[test]
+fn socket_or_symlink_loop_is_404() {
+    let server = TestServer::start(json!({}));
+    let _listener = std::os::unix::net::UnixListener::bind(server.video_dir.join("socket.mp4")).unwrap();
+    std::os::unix::fs::symlink("loop-b.mp4", server.video_dir.join("loop-a.mp4")).unwrap();
+    std::os::unix::fs::symlink("loop-a.mp4", server.video_dir.join("loop-b.mp4")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", server.video_dir.join("zero.mp4")).unwrap();
+
+    for id in ["socket.mp4", "loop-a.mp4", "zero.mp4"] {
+        let response = server.get(&format!("/videos/{id}"), &[]);
+        assert_error_code(&response, 404, "video_not_found");
+    }
+}
+
+/// Returns the deleted files that the server process still has open.
+fn deleted_open_files(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| target.ends_with(" (deleted)"))
+        .collect()
+}
+
+#[test]
+fn overwriting_upload_closes_the_old_file() {
+    let server = TestServer::start(json!({}));
+    assert_eq!(server.upload("a.mp4", &pattern(1 << 20), "").status, 201);
+    assert_eq!(server.get("/videos/a.mp4", &[]).status, 200);
+
+    let replaced = server.upload("a.mp4", b"new", "?overwrite=true");
+    assert_eq!(replaced.status, 201, "{}", replaced.text());
+
+    let deleted = deleted_open_files(server.pid());
+    assert!(deleted.is_empty(), "the server still holds {deleted:?}");
+    assert_eq!(server.get("/videos/a.mp4", &[]).body, b"new");
+}
+
+#[test]
+fn in_place_rewrite_with_restored_mtime_changes_etag() {
+    let server = TestServer::start(json!({}));
+    let path = server.video_dir.join("a.mp4");
+    std::fs::write(&path, b"first").unwrap();
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let before = server.get("/videos/a.mp4", &[]);
+    let old_etag = before.header("etag").unwrap().to_string();
+
+    // Rewritten in place with the same size, then the old modification time put back, as
+    // `rsync --inplace -t` does; only the change time shows the edit.
+    std::thread::sleep(Duration::from_millis(20));
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_at(&file, b"other", 0).unwrap();
+    file.set_modified(modified).unwrap();
+    drop(file);
+
+    let after = server.get("/videos/a.mp4", &[]);
+    assert_eq!(after.body, b"other");
+    assert_ne!(after.header("etag").unwrap(), old_etag);
+    let revalidated = server.get("/videos/a.mp4", &[&format!("If-None-Match: {old_etag}")]);
+    assert_eq!(revalidated.status, 200);
+    assert_eq!(revalidated.body, b"other");
 }

@@ -8,7 +8,8 @@
 //! and write timeouts, so a stalled client costs at most `idle_timeout_secs` of one worker.
 //! Threads start on demand up to the configured `workers`, so an idle server runs only a few.
 
-use std::net::Shutdown;
+use std::io;
+use std::net::{Shutdown, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -89,13 +90,23 @@ impl WorkerPool {
 
     fn work(self) {
         let shared = &*self.shared;
+        let _running = Running(&shared.running);
         while let Some((job, last_awake)) = shared.jobs.pop() {
             if last_awake {
                 self.grow();
             }
             serve_connection(job, &shared.app, &shared.poller, &shared.jobs);
         }
-        shared.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a worker out of the running ones when its thread ends, by a panic too, so shutdown
+/// does not wait for a worker that is gone.
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -183,7 +194,10 @@ fn serve_request(conn: &mut Connection, request: Request, app: &App) -> Next {
         (true, _) => Framing::KeepAlive11,
     };
     let head_only = request.method == Method::Head;
-    let written = write_response(body.stream(), response, head_only, framing);
+    let written = match &permit {
+        Ok(_) => write_response(body.stream(), response, head_only, framing),
+        Err(_) => write_refusal(body.stream(), response, head_only, framing),
+    };
     drop(permit);
 
     let bytes = match &written {
@@ -201,6 +215,25 @@ fn serve_request(conn: &mut Connection, request: Request, app: &App) -> Next {
         (false, _) => Next::Close,
         (true, true) => Next::KeepAlive,
         (true, false) => Next::Linger,
+    }
+}
+
+/// Writes a 429 without blocking. A client that pipelines requests and reads none of the
+/// responses would otherwise hold a worker in a blocked write for every refused request, so
+/// 429s would stop coming at once. A 429 that does not fit in the socket buffer closes the
+/// connection instead.
+fn write_refusal(stream: &mut TcpStream, response: Response, head_only: bool, framing: Framing) -> io::Result<u64> {
+    stream.set_nonblocking(true)?;
+    let written = write_response(stream, response, head_only, framing);
+    let restored = stream.set_nonblocking(false);
+
+    match written {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            log::info!("closing connection from {peer}: its socket buffer is full of unread 429 responses");
+            Err(e)
+        }
+        other => restored.and(other),
     }
 }
 

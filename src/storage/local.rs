@@ -41,6 +41,12 @@ impl LocalStorage {
             self.open_files.forget(id);
             not_found_or(e, &path, "stat")
         })?;
+        // Only regular files are opened, so a socket, a device or a folder at the path is a
+        // missing video rather than a failed open.
+        if !current.is_file() {
+            self.open_files.forget(id);
+            return Err(StorageError::NotFound);
+        }
         if let Some(open) = self.open_files.get(id, &current) {
             return Ok(open);
         }
@@ -75,7 +81,7 @@ impl Storage for LocalStorage {
         let info = ObjectInfo {
             size: meta.len(),
             modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
-            identity: meta.ino() ^ (meta.dev() << 48),
+            identity: identity(meta),
             content_type: None,
         };
         Ok(Object { info, source: Box::new(LocalSource { file: open.file }) })
@@ -108,6 +114,9 @@ impl Storage for LocalStorage {
             let _ = std::fs::remove_file(staged);
             return result;
         }
+        // The replaced file's descriptor would otherwise keep its disk space until the next
+        // request for this id.
+        self.open_files.forget(id);
 
         sync_dir(&self.dir).map_err(|e| StorageError::io(format!("sync folder {}", self.dir.display()), e))
     }
@@ -140,11 +149,21 @@ impl ObjectSource for LocalSource {
     }
 }
 
+/// Returns the ETag identity of a file: its device and inode, mixed with its change time so
+/// that a file rewritten in place with its old size and modification time restored (as
+/// `rsync --inplace -t` does) gets a new ETag.
+fn identity(meta: &std::fs::Metadata) -> u64 {
+    let ctime = (meta.ctime() as u64).wrapping_mul(1_000_000_007) ^ meta.ctime_nsec() as u64;
+    meta.ino() ^ (meta.dev() << 48) ^ ctime.rotate_left(17)
+}
+
+/// Maps a failed `stat` or `open` to a missing video, or to an I/O error with its context. A
+/// symbolic link loop counts as missing, like a dangling link.
 fn not_found_or(e: io::Error, path: &Path, action: &str) -> StorageError {
-    match e.kind() {
-        io::ErrorKind::NotFound => StorageError::NotFound,
-        _ => StorageError::io(format!("{action} {}", path.display()), e),
+    if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) {
+        return StorageError::NotFound;
     }
+    StorageError::io(format!("{action} {}", path.display()), e)
 }
 
 fn sync_file(path: &Path) -> io::Result<()> {
