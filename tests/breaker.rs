@@ -23,12 +23,12 @@ mod common;
 
 use std::ffi::CString;
 use std::io::Write;
-use std::net::{Shutdown, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{multipart_body, pattern, read_response, Response, TestServer};
+use common::{connect_from, multipart_body, pattern, read_response, Response, TestServer};
 use serde_json::json;
 
 const BOUNDARY: &str = "BOUNDARYxyz";
@@ -180,40 +180,6 @@ fn chunk_size_with_sign_or_space_is_400() {
     }
 }
 
-/// Connects to the server with a 4 KiB receive buffer, set before the connect so the window
-/// the client advertises stays small.
-fn connect_small_window(server: &TestServer) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let std::net::SocketAddr::V4(addr) = server.addr else { panic!("the test server listens on IPv4") };
-    let remote = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
-        sin_zero: [0; 8],
-    };
-    let size: libc::c_int = 4096;
-
-    // SAFETY: `fd` is a fresh socket that `TcpStream` then owns and closes, and every pointer
-    // refers to a live value of the length passed with it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket failed: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        let rc = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0, "SO_RCVBUF failed: {}", std::io::Error::last_os_error());
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
-        assert_eq!(rc, 0, "connect failed: {}", std::io::Error::last_os_error());
-        stream
-    }
-}
-
 #[test]
 fn unread_429_answers_hold_no_worker() {
     let server = TestServer::start(json!({
@@ -225,7 +191,7 @@ fn unread_429_answers_hold_no_worker() {
     server.put_video("big.mp4", &pattern(16 << 20));
 
     // A download that stops reading keeps the only token and one of the two workers.
-    let mut holder = connect_small_window(&server);
+    let mut holder = connect_from(Ipv4Addr::LOCALHOST, server.addr, Some(4096));
     holder.write_all(b"GET /videos/big.mp4 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut head = [0u8; 12];
     holder.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -233,7 +199,7 @@ fn unread_429_answers_hold_no_worker() {
     assert_eq!(&head, b"HTTP/1.1 200");
 
     // Pipelined requests whose 429 responses are never read, until the server stops reading.
-    let mut pipeliner = connect_small_window(&server);
+    let mut pipeliner = connect_from(Ipv4Addr::LOCALHOST, server.addr, Some(4096));
     pipeliner.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
     let burst = b"HEAD /videos/big.mp4 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(200);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -20,11 +20,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{multipart_body, pattern, Response, TestServer};
+use common::{connect_from, multipart_body, pattern, Response, TestServer};
 use serde_json::{json, Value};
 
 /// Large enough that the kernel socket buffers cannot hold the whole response, so a server
@@ -39,39 +38,6 @@ fn assert_error(response: &Response, status: u16, code: &str) {
     assert_eq!(response.status, status, "body: {}", response.text());
     assert_eq!(response.header("content-type"), Some("application/json"));
     assert_eq!(response.error_code(), code, "body: {}", response.text());
-}
-
-/// Opens a connection to `server` from the loopback address `source`, so the server counts it
-/// as a client other than 127.0.0.1.
-fn connect_from(source: Ipv4Addr, server: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(server) = server else { panic!("the test server listens on IPv4") };
-    let local = sockaddr_in(source, 0);
-    let remote = sockaddr_in(*server.ip(), server.port());
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-
-    // SAFETY: `fd` is a fresh socket that `TcpStream` then owns and closes, and both address
-    // pointers refer to live `sockaddr_in` values of the given length.
-    let stream = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket failed: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
-        assert_eq!(rc, 0, "bind to {source} failed: {}", std::io::Error::last_os_error());
-        let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
-        assert_eq!(rc, 0, "connect from {source} failed: {}", std::io::Error::last_os_error());
-        stream
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream
-}
-
-fn sockaddr_in(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
-        sin_zero: [0; 8],
-    }
 }
 
 /// A download that has received its head and the first body bytes, then stopped reading.
@@ -103,7 +69,7 @@ impl SlowDownload {
 
     /// Sends the request and reads until the end of the response head.
     fn request(server: &TestServer, path: &str, client: u8) -> SlowDownload {
-        let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, client), server.addr);
+        let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, client), server.addr, None);
         let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).unwrap();
 

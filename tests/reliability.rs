@@ -46,7 +46,6 @@ mod common;
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -54,7 +53,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{multipart_body, pattern, read_response, Response, TestServer};
+use common::{connect_from, multipart_body, pattern, read_response, Response, TestServer};
 use serde_json::{json, Value};
 
 const BOUNDARY: &str = "BOUNDARYxyz";
@@ -194,49 +193,6 @@ fn is_closed_by_server(stream: &mut TcpStream) -> bool {
         Ok(0) => true,
         Ok(_) => false,
         Err(e) => e.kind() == io::ErrorKind::ConnectionReset,
-    }
-}
-
-/// Opens a connection to `server` from the loopback address `source`. With `rcvbuf`, the socket's
-/// receive buffer is fixed at that size before connecting, which turns off autotuning.
-fn connect_from(source: Ipv4Addr, server: SocketAddr, rcvbuf: Option<libc::c_int>) -> TcpStream {
-    let SocketAddr::V4(server) = server else { panic!("the test server listens on IPv4") };
-    let local = sockaddr_in(source, 0);
-    let remote = sockaddr_in(*server.ip(), server.port());
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-
-    // SAFETY: `fd` is a fresh socket that `TcpStream` then owns and closes. The option and both
-    // address pointers refer to live values of the given lengths.
-    let stream = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket failed: {}", io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        if let Some(size) = rcvbuf {
-            let rc = libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-            assert_eq!(rc, 0, "setting SO_RCVBUF failed: {}", io::Error::last_os_error());
-        }
-        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
-        assert_eq!(rc, 0, "bind to {source} failed: {}", io::Error::last_os_error());
-        let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
-        assert_eq!(rc, 0, "connect from {source} failed: {}", io::Error::last_os_error());
-        stream
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream
-}
-
-fn sockaddr_in(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
-        sin_zero: [0; 8],
     }
 }
 

@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -479,5 +479,48 @@ impl TestServer {
             .open(&path)
             .and_then(|file| file.set_modified(modified))
             .unwrap_or_else(|e| panic!("setting the modification time of {}: {e}", path.display()));
+    }
+}
+
+/// Opens a connection to `server` from the loopback address `source`. With `rcvbuf`, the socket's
+/// receive buffer is fixed at that size before connecting, which turns off autotuning.
+pub fn connect_from(source: Ipv4Addr, server: SocketAddr, rcvbuf: Option<libc::c_int>) -> TcpStream {
+    let SocketAddr::V4(server) = server else { panic!("the test server listens on IPv4") };
+    let local = sockaddr_in(source, 0);
+    let remote = sockaddr_in(*server.ip(), server.port());
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+
+    // SAFETY: `fd` is a fresh socket that `TcpStream` then owns and closes. The option and both
+    // address pointers refer to live values of the given lengths.
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket failed: {}", std::io::Error::last_os_error());
+        let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        if let Some(size) = rcvbuf {
+            let rc = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(rc, 0, "setting SO_RCVBUF failed: {}", std::io::Error::last_os_error());
+        }
+        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "bind to {source} failed: {}", std::io::Error::last_os_error());
+        let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "connect from {source} failed: {}", std::io::Error::last_os_error());
+        stream
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+}
+
+fn sockaddr_in(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+        sin_zero: [0; 8],
     }
 }
