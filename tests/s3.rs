@@ -401,7 +401,9 @@ fn bucket_killed_during_stream() {
     let mut stream = server.connect();
     stream.write_all(b"GET /videos/long.mp4 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut first = vec![0u8; 1024 * 1024];
-    stream.read_exact(&mut first).unwrap();
+    if let Err(e) = stream.read_exact(&mut first) {
+        panic!("the first MiB did not arrive before the bucket was stopped: {e}; server log:\n{}", server.log());
+    }
     assert!(first.starts_with(b"HTTP/1.1 200"));
 
     bucket.kill();
@@ -571,20 +573,34 @@ impl PrivateS3 {
         let mut s3 = PrivateS3 {
             bin: PathBuf::from(bin),
             root,
-            port: TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(),
+            port: 0,
             access_key: std::env::var("AWS_ACCESS_KEY_ID").unwrap(),
             secret_key: std::env::var("AWS_SECRET_ACCESS_KEY").unwrap(),
             child: None,
         };
-        s3.spawn();
-        Some(s3)
+        // A free port can be taken by another process before s3s-fs binds it, so a start
+        // that loses its port is tried again on a new one.
+        for _ in 0..5 {
+            s3.port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            if s3.try_spawn() {
+                return Some(s3);
+            }
+        }
+        panic!("s3s-fs lost its port to another process five times");
     }
 
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Starts s3s-fs on `self.port`, again after a [`PrivateS3::kill`]. Panics when it cannot.
     fn spawn(&mut self) {
+        assert!(self.try_spawn(), "s3s-fs exited at startup; another process holds port {}", self.port);
+    }
+
+    /// Starts s3s-fs on `self.port` and waits until it accepts connections. Returns false
+    /// when it exited instead, such as when another process has the port.
+    fn try_spawn(&mut self) -> bool {
         let child = Command::new(&self.bin)
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", &self.access_key, "--secret-key", &self.secret_key])
@@ -599,8 +615,19 @@ impl PrivateS3 {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "s3s-fs did not start on port {}", self.port);
+            if !self.running() {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // A connect can reach another process that took the port first. This s3s-fs then
+        // fails to bind and exits, so it is still running only when the port is its own.
+        std::thread::sleep(Duration::from_millis(50));
+        self.running()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     fn kill(&mut self) {
