@@ -10,12 +10,11 @@
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
-
 
 use crate::api::ApiError;
 use crate::handlers::App;
@@ -110,7 +109,8 @@ impl Drop for Running<'_> {
     }
 }
 
-/// Serves the job's request and any complete requests pipelined behind it.
+/// Serves the job's request, then the requests the client pipelined behind it or sends
+/// within [`NEXT_REQUEST_WAIT`].
 fn serve_connection(job: Job, app: &App, poller: &PollerHandle, jobs: &JobQueue) {
     let Job { mut conn, mut request } = job;
     if let Err(e) = make_blocking(&conn) {
@@ -134,8 +134,12 @@ fn serve_connection(job: Job, app: &App, poller: &PollerHandle, jobs: &JobQueue)
         // the poller, as long as another worker is free for new work meanwhile.
         if conn.buffered().is_empty() && jobs.has_idle_worker() && next_request_arrives(&conn) {
             match conn.fill() {
-                Ok(n) if n > 0 => {}
-                _ => return,
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    log::debug!("closing connection from {}: reading its next request failed: {e}", conn.peer);
+                    return;
+                }
             }
         }
 
