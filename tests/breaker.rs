@@ -206,9 +206,9 @@ fn unread_429_answers_hold_no_worker() {
     while Instant::now() < deadline && pipeliner.write_all(&burst).is_ok() {}
 
     let started = Instant::now();
-    let refused = server.get("/videos/big.mp4", &["Range: bytes=0-0"]);
+    let rejected = server.get("/videos/big.mp4", &["Range: bytes=0-0"]);
     let waited = started.elapsed();
-    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(rejected.status, 429, "{}", rejected.text());
     assert!(waited < Duration::from_secs(3), "the 429 took {waited:?}");
     drop(pipeliner);
     drop(holder);

@@ -1523,14 +1523,14 @@ fn keep_alive_after_429_and_413() {
 
     let mut stream = server.connect();
     send(&mut stream, "GET", "/videos/ten.mp4", &[]);
-    let refused = read_response(&mut stream, false).expect("a response while the token is in use");
+    let rejected = read_response(&mut stream, false).expect("a response while the token is in use");
     assert_eq!(
-        refused.status, 429,
+        rejected.status, 429,
         "[429] status while the upload holds the token"
     );
-    assert!(refused.header("retry-after").is_some(), "[429] Retry-After");
+    assert!(rejected.header("retry-after").is_some(), "[429] Retry-After");
     assert_ne!(
-        refused.header("connection"),
+        rejected.header("connection"),
         Some("close"),
         "[429] the server closes the connection"
     );

@@ -200,7 +200,7 @@ fn serve_request(conn: &mut Connection, request: Request, app: &App) -> Next {
     let head_only = request.method == Method::Head;
     let written = match &permit {
         Ok(_) => write_response(body.stream(), response, head_only, framing),
-        Err(_) => write_refusal(body.stream(), response, head_only, framing),
+        Err(_) => write_too_many_requests(body.stream(), response, head_only, framing),
     };
     drop(permit);
 
@@ -223,10 +223,10 @@ fn serve_request(conn: &mut Connection, request: Request, app: &App) -> Next {
 }
 
 /// Writes a 429 without blocking. A client that pipelines requests and reads none of the
-/// responses would otherwise hold a worker in a blocked write for every refused request, so
+/// responses would otherwise hold a worker in a blocked write for every rejected request, so
 /// 429s would stop coming at once. A 429 that does not fit in the socket buffer closes the
 /// connection instead.
-fn write_refusal(stream: &mut TcpStream, response: Response, head_only: bool, framing: Framing) -> io::Result<u64> {
+fn write_too_many_requests(stream: &mut TcpStream, response: Response, head_only: bool, framing: Framing) -> io::Result<u64> {
     stream.set_nonblocking(true)?;
     let written = write_response(stream, response, head_only, framing);
     let restored = stream.set_nonblocking(false);

@@ -86,62 +86,63 @@ impl OpenFiles {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::path::{Path, PathBuf};
 
-    fn open(path: &std::path::Path) -> OpenFile {
+    fn open(path: &Path) -> OpenFile {
         let file = File::open(path).unwrap();
         let meta = file.metadata().unwrap();
         OpenFile { file: Arc::new(file), meta: Arc::new(meta) }
     }
 
-    #[test]
-    fn unchanged_file_is_reused() {
+    /// Writes `a.mp4` into a fresh folder and caches it; returns the folder, the path and the cache.
+    fn cached_video() -> (tempfile::TempDir, PathBuf, OpenFiles) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.mp4");
         std::fs::write(&path, b"abc").unwrap();
         let cache = OpenFiles::default();
         cache.insert("a.mp4", open(&path));
+        (dir, path, cache)
+    }
 
-        let hit = cache.get("a.mp4", &std::fs::metadata(&path).unwrap());
-        assert!(hit.is_some());
+    fn cached_now(cache: &OpenFiles, path: &Path) -> bool {
+        cache.get("a.mp4", &std::fs::metadata(path).unwrap()).is_some()
+    }
+
+    #[test]
+    fn unchanged_file_is_reused() {
+        let (_dir, path, cache) = cached_video();
+
+        assert!(cached_now(&cache, &path));
     }
 
     #[test]
     fn replaced_file_is_not_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.mp4");
-        std::fs::write(&path, b"abc").unwrap();
-        let cache = OpenFiles::default();
-        cache.insert("a.mp4", open(&path));
+        let (dir, path, cache) = cached_video();
 
         let staged = dir.path().join("staged");
         std::fs::write(&staged, b"abc").unwrap();
         std::fs::rename(&staged, &path).unwrap();
 
-        assert!(cache.get("a.mp4", &std::fs::metadata(&path).unwrap()).is_none());
+        assert!(!cached_now(&cache, &path));
     }
 
     #[test]
     fn file_grown_in_place_is_not_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.mp4");
-        std::fs::write(&path, b"abc").unwrap();
-        let cache = OpenFiles::default();
-        cache.insert("a.mp4", open(&path));
+        let (_dir, path, cache) = cached_video();
 
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"d").unwrap();
 
-        assert!(cache.get("a.mp4", &std::fs::metadata(&path).unwrap()).is_none());
+        assert!(!cached_now(&cache, &path));
     }
 
     #[test]
-    fn cache_never_holds_more_than_capacity() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.mp4");
-        std::fs::write(&path, b"abc").unwrap();
-        let cache = OpenFiles::default();
+    fn cache_stays_within_capacity() {
+        let (_dir, path, cache) = cached_video();
+
         for i in 0..CAPACITY + 10 {
             cache.insert(&format!("v{i}"), open(&path));
         }
+
         assert_eq!(cache.len(), CAPACITY);
     }
 }
