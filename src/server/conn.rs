@@ -20,29 +20,33 @@ const INITIAL_BUFFER: usize = 8 * 1024;
 pub struct Connection {
     pub stream: TcpStream,
     pub peer: SocketAddr,
+    /// Initialised up to its length; the unconsumed bytes are `buffer[start..end]`.
     buffer: Vec<u8>,
     start: usize,
+    end: usize,
     open_count: Arc<AtomicUsize>,
+    /// Registered with the workers' epoll instance ([`crate::server::queue`]).
+    pub watched_by_workers: bool,
 }
 
 impl Connection {
     /// Wraps an accepted socket; `open_count` was already incremented for it.
     pub fn new(stream: TcpStream, peer: SocketAddr, open_count: Arc<AtomicUsize>) -> Connection {
-        Connection { stream, peer, buffer: Vec::new(), start: 0, open_count }
+        Connection { stream, peer, buffer: Vec::new(), start: 0, end: 0, open_count, watched_by_workers: false }
     }
 
     /// The bytes read from the socket and not yet consumed.
     pub fn buffered(&self) -> &[u8] {
-        &self.buffer[self.start..]
+        &self.buffer[self.start..self.end]
     }
 
     /// Marks `n` buffered bytes as consumed.
     pub fn consume(&mut self, n: usize) {
         self.start += n;
-        debug_assert!(self.start <= self.buffer.len());
-        if self.start == self.buffer.len() {
-            self.buffer.clear();
+        debug_assert!(self.start <= self.end);
+        if self.start == self.end {
             self.start = 0;
+            self.end = 0;
         }
     }
 
@@ -51,6 +55,7 @@ impl Connection {
         if self.buffered().is_empty() {
             self.buffer = Vec::new();
             self.start = 0;
+            self.end = 0;
         }
     }
 
@@ -59,20 +64,18 @@ impl Connection {
     /// [`Connection::buffer_full`] is true.
     pub fn fill(&mut self) -> io::Result<usize> {
         self.compact();
-        if self.buffer.len() >= MAX_HEAD_BYTES {
+        if self.end >= MAX_HEAD_BYTES {
             return Ok(0);
         }
-        let want = (self.buffer.len() * 2).clamp(INITIAL_BUFFER, MAX_HEAD_BYTES);
-        if self.buffer.capacity() < want {
-            self.buffer.reserve_exact(want - self.buffer.len());
+        if self.end == self.buffer.len() {
+            let grown = (self.buffer.len() * 2).clamp(INITIAL_BUFFER, MAX_HEAD_BYTES);
+            self.buffer.resize(grown, 0);
         }
 
-        let old_len = self.buffer.len();
-        let room = self.buffer.capacity().min(MAX_HEAD_BYTES) - old_len;
-        self.buffer.resize(old_len + room, 0);
-        let result = self.stream.read(&mut self.buffer[old_len..]);
-        let n = *result.as_ref().unwrap_or(&0);
-        self.buffer.truncate(old_len + n);
+        let result = self.stream.read(&mut self.buffer[self.end..]);
+        if let Ok(n) = result {
+            self.end += n;
+        }
         result
     }
 
@@ -101,7 +104,8 @@ impl Connection {
 
     fn compact(&mut self) {
         if self.start > 0 {
-            self.buffer.drain(..self.start);
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
     }

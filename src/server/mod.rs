@@ -4,7 +4,8 @@
 //! - the poller ([`poller`]) accepts connections, waits for request heads on all of them with
 //!   epoll, enforces header and idle timeouts, and sends each complete head to the workers;
 //! - a pool of at most `workers` threads ([`worker`]) takes a limiter token per request, runs
-//!   the handler and writes the response, then returns the connection to the poller.
+//!   the handler and writes the response, then watches the connection for its next request in
+//!   an epoll instance the workers share ([`queue`]) before the poller takes it back.
 //!
 //! Idle and slow clients therefore cost no thread, and the thread count is at most `workers + 2`
 //! whatever the number of connections.
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, StorageBackend};
 use crate::handlers::App;
 use conn::Connection;
 use poller::{Poller, PollerHandle, PollerSettings};
@@ -50,6 +51,22 @@ fn widen_backlog(listener: &TcpListener) {
     }
 }
 
+/// How many busy workers keep idle workers out of epoll (see [`queue`]). With local storage a
+/// busy worker keeps about one core busy, the kernel's network work for its system calls
+/// included. One core is left for the rest of that work and for other processes. On 2 cores
+/// (BENCHMARKS.md) a limit of 1 spent 26 us of CPU per 64 KiB range request, and a limit of 2
+/// spent 28 us. With S3 storage a busy worker mostly waits on the bucket, so every idle worker
+/// waits in epoll.
+fn busy_limit(config: &Config) -> usize {
+    match config.storage.backend {
+        StorageBackend::S3 => usize::MAX,
+        StorageBackend::Local => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cores.saturating_sub(1).max(1)
+        }
+    }
+}
+
 /// A running server.
 pub struct Server {
     local_addr: SocketAddr,
@@ -70,7 +87,7 @@ impl Server {
 
         let stopping = app.stopping.clone();
         let open_count = Arc::new(AtomicUsize::new(0));
-        let jobs = queue::JobQueue::new();
+        let jobs = queue::JobQueue::new(busy_limit(config))?;
         let settings = PollerSettings {
             header_timeout: Duration::from_secs(config.header_timeout_secs),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),

@@ -3,8 +3,9 @@
 //! One thread owns the listener and an epoll instance (through `mio`). A connection that is
 //! idle between requests, or still sending its request head, sits here with a deadline and
 //! costs no thread. When a head is complete (parsed with limits by [`parse_head`]), the
-//! connection and its request go to the worker pool; workers hand connections back through
-//! [`PollerHandle`] when they finish a response on a keep-alive connection.
+//! connection and its request go to the worker pool. Workers hand connections back through
+//! [`PollerHandle`] to linger or to finish a partial head, and on each tick the poller takes back
+//! the keep-alive connections the workers watched without a new request arriving.
 //!
 //! The loop also owns the protections that must not depend on a free worker: the header
 //! timeout, the idle timeout, the open-connection cap, the answers to heads that are too large
@@ -168,6 +169,7 @@ impl Poller {
 
             self.resume_accept_if_due();
             if last_sweep.elapsed() >= TICK {
+                self.take_back_watched();
                 self.close_expired();
                 last_sweep = Instant::now();
             }
@@ -263,6 +265,16 @@ impl Poller {
         let header_deadline = Instant::now() + self.settings.header_timeout;
         if let Some(parked) = self.examine_head(conn, header_deadline) {
             self.insert(parked.conn, parked.phase, parked.deadline);
+        }
+    }
+
+    /// Parks the connections the workers watched for their next request in vain.
+    fn take_back_watched(&mut self) {
+        for conn in self.jobs.take_expired() {
+            match conn.stream.set_nonblocking(true) {
+                Ok(()) => self.continue_keep_alive(conn),
+                Err(e) => log::debug!("closing connection from {}: socket setup failed: {e}", conn.peer),
+            }
         }
     }
 

@@ -3,35 +3,32 @@
 //! A worker takes a [`Job`] (a connection with a complete request head), takes a token from the
 //! limiter or responds 429 at once, runs the handler with panics caught, writes the response,
 //! and gives the token back only after the last byte is written. It then serves requests the
-//! client already pipelined or sends within [`NEXT_REQUEST_WAIT`], and otherwise hands the
-//! connection back to the poller to wait for the next. Sockets are blocking here, with read
-//! and write timeouts, so a stalled client costs at most `idle_timeout_secs` of one worker.
+//! client already pipelined, and leaves the connection watched by the workers
+//! ([`crate::server::queue`]) for its next request. Sockets are blocking here, with read and
+//! write timeouts, so a stalled client costs at most `idle_timeout_secs` of one worker.
 //! Threads start on demand up to the configured `workers`, so an idle server runs only a few.
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::api::ApiError;
 use crate::handlers::App;
 use crate::server::body::BodyReader;
 use crate::server::conn::Connection;
 use crate::server::poller::{Park, PollerHandle};
-use crate::server::queue::JobQueue;
-use crate::server::request::{parse_head, Method, ParseOutcome, Request};
-use crate::server::response::{write_response, Framing, Response};
+use crate::server::queue::{JobQueue, Work};
+use crate::server::request::{parse_head, BodyFraming, Method, ParseOutcome, Request};
+use crate::server::response::{write_response, Body, Framing, Response};
 use crate::server::Job;
 
-/// How long a worker keeps a keep-alive connection after a response, waiting for the next
-/// request, before it hands the connection back to the poller. A benchmark client or a player
-/// filling its buffer sends its next request within this time. Serving it here saves two
-/// thread wake-ups and two `epoll_ctl` calls per request. A viewer's next range request,
-/// seconds later, goes through the poller as before.
-const NEXT_REQUEST_WAIT: Duration = Duration::from_millis(2);
+/// The body size from which a worker writing a response stops counting as busy (see
+/// [`JobQueue::step_out`]): more than a socket buffer usually takes at once, so the write
+/// likely waits on the client.
+const LONG_BODY: u64 = 256 << 10;
 
 /// Workers started at once; the pool grows from here up to its fixed size.
 const INITIAL_WORKERS: usize = 4;
@@ -90,11 +87,14 @@ impl WorkerPool {
     fn work(self) {
         let shared = &*self.shared;
         let _running = Running(&shared.running);
-        while let Some((job, last_awake)) = shared.jobs.pop() {
-            if last_awake {
+        while let Some((work, _busy)) = shared.jobs.next() {
+            if shared.jobs.idle() == 0 {
                 self.grow();
             }
-            serve_connection(job, &shared.app, &shared.poller, &shared.jobs);
+            match work {
+                Work::Request(job) => serve_job(job, shared),
+                Work::Readable(conn) => serve_readable(conn, shared),
+            }
         }
     }
 }
@@ -109,62 +109,81 @@ impl Drop for Running<'_> {
     }
 }
 
-/// Serves the job's request, then the requests the client pipelined behind it or sends
-/// within [`NEXT_REQUEST_WAIT`].
-fn serve_connection(job: Job, app: &App, poller: &PollerHandle, jobs: &JobQueue) {
-    let Job { mut conn, mut request } = job;
-    if let Err(e) = make_blocking(&conn) {
+/// Serves a request the poller parsed, then the connection's next ones.
+fn serve_job(job: Job, shared: &Shared) {
+    let Job { conn, request } = job;
+    if let Err(e) = conn.stream.set_nonblocking(false) {
         log::debug!("closing connection from {}: socket setup failed: {e}", conn.peer);
         return;
     }
+    serve_connection(conn, request, shared);
+}
 
+/// Reads the next request of a watched connection that became readable, and serves it.
+fn serve_readable(mut conn: Connection, shared: &Shared) {
+    let filled = loop {
+        match conn.fill() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
+    match filled {
+        Ok(0) => return,
+        Ok(_) => {}
+        Err(e) => {
+            log::debug!("closing connection from {}: reading its next request failed: {e}", conn.peer);
+            return;
+        }
+    }
+
+    match parse_head(conn.buffered(), conn.peer) {
+        ParseOutcome::Complete(request, head_len) => {
+            conn.consume(head_len);
+            serve_connection(conn, request, shared);
+        }
+        ParseOutcome::Partial | ParseOutcome::Invalid(_) => park_for_head(conn, &shared.poller),
+    }
+}
+
+/// Serves the request, then the requests the client pipelined behind it, and leaves the
+/// connection watched for its next request.
+fn serve_connection(mut conn: Connection, mut request: Request, shared: &Shared) {
     loop {
-        match serve_request(&mut conn, request, app) {
+        match serve_request(&mut conn, request, shared) {
             Next::KeepAlive => {}
             Next::Close => return,
             Next::Linger => {
                 let _ = conn.stream.shutdown(Shutdown::Write);
                 let _ = conn.stream.set_nonblocking(true);
-                poller.park(conn, Park::Linger);
+                shared.poller.park(conn, Park::Linger);
                 return;
             }
         }
 
-        // A client that sends its next request at once is served without a trip through
-        // the poller, as long as another worker is free for new work meanwhile.
-        if conn.buffered().is_empty() && jobs.has_idle_worker() && next_request_arrives(&conn) {
-            match conn.fill() {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    log::debug!("closing connection from {}: reading its next request failed: {e}", conn.peer);
-                    return;
-                }
-            }
+        if conn.buffered().is_empty() {
+            shared.jobs.watch(conn);
+            return;
         }
-
         match parse_head(conn.buffered(), conn.peer) {
             ParseOutcome::Complete(next, head_len) => {
                 conn.consume(head_len);
                 request = next;
             }
             ParseOutcome::Partial | ParseOutcome::Invalid(_) => {
-                if conn.stream.set_nonblocking(true).is_ok() {
-                    poller.park(conn, Park::KeepAlive);
-                }
+                park_for_head(conn, &shared.poller);
                 return;
             }
         }
     }
 }
 
-/// Waits up to [`NEXT_REQUEST_WAIT`] for the client's next request on a keep-alive connection.
-fn next_request_arrives(conn: &Connection) -> bool {
-    let mut pfd = libc::pollfd { fd: conn.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let timeout = NEXT_REQUEST_WAIT.as_millis() as libc::c_int;
-    // SAFETY: one valid pollfd for a socket this worker owns, for the duration of the call.
-    let ready = unsafe { libc::poll(&mut pfd, 1, timeout) };
-    ready == 1 && pfd.revents & libc::POLLIN != 0
+/// Gives a connection with part of a head, or an invalid one, to the poller, which applies the
+/// header timeout or sends the error response.
+fn park_for_head(conn: Connection, poller: &PollerHandle) {
+    match conn.stream.set_nonblocking(true) {
+        Ok(()) => poller.park(conn, Park::KeepAlive),
+        Err(e) => log::debug!("closing connection from {}: socket setup failed: {e}", conn.peer),
+    }
 }
 
 enum Next {
@@ -175,7 +194,8 @@ enum Next {
 }
 
 /// Serves one request: token, handler, response, access log.
-fn serve_request(conn: &mut Connection, request: Request, app: &App) -> Next {
+fn serve_request(conn: &mut Connection, request: Request, shared: &Shared) -> Next {
+    let app = &*shared.app;
     let started = Instant::now();
     let peer = conn.peer;
     let mut body = BodyReader::new(conn, request.body, request.expect_continue);
@@ -186,7 +206,10 @@ fn serve_request(conn: &mut Connection, request: Request, app: &App) -> Next {
             log::debug!("no token for {peer}: {refusal:?}");
             (ApiError::TooManyRequests.to_response(), false)
         }
-        Ok(_) => run_handler(app, &request, &mut body),
+        Ok(_) => {
+            let _receiving = (request.body != BodyFraming::Empty).then(|| shared.jobs.step_out());
+            run_handler(app, &request, &mut body)
+        }
     };
 
     let status = response.status;
@@ -198,11 +221,13 @@ fn serve_request(conn: &mut Connection, request: Request, app: &App) -> Next {
         (true, _) => Framing::KeepAlive11,
     };
     let head_only = request.method == Method::Head;
+    let _streaming = (!head_only && is_long_body(&response.body)).then(|| shared.jobs.step_out());
     let written = match &permit {
         Ok(_) => write_response(body.stream(), response, head_only, framing),
         Err(_) => write_too_many_requests(body.stream(), response, head_only, framing),
     };
     drop(permit);
+    drop(_streaming);
 
     let bytes = match &written {
         Ok(n) => *n,
@@ -219,6 +244,16 @@ fn serve_request(conn: &mut Connection, request: Request, app: &App) -> Next {
         (false, _) => Next::Close,
         (true, true) => Next::KeepAlive,
         (true, false) => Next::Linger,
+    }
+}
+
+/// True for a body whose sending likely waits on the client: one larger than a socket buffer
+/// holds, or one read from the object store as it goes.
+fn is_long_body(body: &Body) -> bool {
+    match body {
+        Body::Stream { .. } => true,
+        Body::Sequence(parts) => parts.iter().any(is_long_body) || body.len() >= LONG_BODY,
+        other => other.len() >= LONG_BODY,
     }
 }
 
@@ -259,12 +294,6 @@ fn run_handler(app: &App, request: &Request, body: &mut BodyReader) -> (Response
             (ApiError::Internal.to_response(), true)
         }
     }
-}
-
-/// Switches the socket to blocking mode; its read and write timeouts of `idle_timeout_secs`
-/// were set when it was accepted.
-fn make_blocking(conn: &Connection) -> std::io::Result<()> {
-    conn.stream.set_nonblocking(false)
 }
 
 fn log_access(request: &Request, status: u16, bytes: u64, cut_off: bool, started: Instant) {
