@@ -17,7 +17,8 @@
 //! - a unix socket, a symbolic link loop or a link to a device at a video's path is 404, not
 //!   500;
 //! - an overwriting upload leaves no descriptor of the replaced file open;
-//! - a file rewritten in place with its old size and modification time gets a new ETag.
+//! - a file rewritten in place with its old size and modification time gets a new ETag;
+//! - a file written through another hard link in `video_dir` is served as it is now.
 
 mod common;
 
@@ -276,3 +277,24 @@ fn in_place_rewrite_with_restored_mtime_changes_etag() {
     assert_eq!(revalidated.status, 200);
     assert_eq!(revalidated.body, b"other");
 }
+
+#[test]
+fn file_written_through_another_hard_link_is_served_fresh() {
+    let server = TestServer::start(json!({}));
+    let first = server.video_dir.join("a.mp4");
+    let second = server.video_dir.join("b.mp4");
+    std::fs::write(&first, b"first").unwrap();
+    std::fs::hard_link(&first, &second).unwrap();
+    assert_eq!(server.get("/videos/b.mp4", &[]).body, b"first");
+
+    for round in 0..20u8 {
+        let mut file = std::fs::OpenOptions::new().append(true).open(&first).unwrap();
+        file.write_all(&[b'0' + round % 10]).unwrap();
+        drop(file);
+
+        let expected = std::fs::read(&first).unwrap();
+        let response = server.get("/videos/b.mp4", &[]);
+        assert_eq!(response.body, expected, "round {round}: b.mp4 was served from before the write");
+    }
+}
+

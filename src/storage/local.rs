@@ -26,16 +26,22 @@ impl LocalStorage {
     /// Uses `dir`, creating it when missing.
     pub fn new(dir: &Path) -> io::Result<LocalStorage> {
         std::fs::create_dir_all(dir)?;
-        Ok(LocalStorage { dir: dir.to_path_buf(), open_files: OpenFiles::default() })
+        Ok(LocalStorage { dir: dir.to_path_buf(), open_files: OpenFiles::new(dir) })
     }
 
     fn path_of(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
 
-    /// Returns the open file for `id`: the cached descriptor while a `stat` of the path shows
-    /// the same file, otherwise a fresh one, cached when it is a regular file.
+    /// Returns the open file for `id`: the cached descriptor while no change notice named it
+    /// or a `stat` of the path shows the same file, otherwise a fresh one, cached when it is a
+    /// regular file.
     fn open_cached(&self, id: &str) -> Result<OpenFile, StorageError> {
+        let start = match self.open_files.get_unchanged(id) {
+            Ok(open) => return Ok(open),
+            Err(start) => start,
+        };
+
         let path = self.path_of(id);
         let current = std::fs::metadata(&path).map_err(|e| {
             self.open_files.forget(id);
@@ -47,7 +53,7 @@ impl LocalStorage {
             self.open_files.forget(id);
             return Err(StorageError::NotFound);
         }
-        if let Some(open) = self.open_files.get(id, &current) {
+        if let Some(open) = self.open_files.get(id, &current, start) {
             return Ok(open);
         }
 
@@ -60,7 +66,8 @@ impl LocalStorage {
         let meta = file.metadata().map_err(|e| StorageError::io(format!("stat {}", path.display()), e))?;
         let open = OpenFile { file: Arc::new(file), meta: Arc::new(meta) };
         if open.meta.is_file() {
-            self.open_files.insert(id, open.clone());
+            let direct = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+            self.open_files.insert(id, open.clone(), direct, start);
         }
         Ok(open)
     }

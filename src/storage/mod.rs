@@ -5,6 +5,7 @@
 //! handing over a finished, synced temporary file with [`Storage::commit`]. Each backend makes
 //! that commit atomic: a reader sees the old video or the complete new one.
 
+mod dir_watch;
 pub mod local;
 mod open_files;
 pub mod s3;
