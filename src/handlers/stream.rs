@@ -11,6 +11,7 @@
 //! HEAD builds the same response as GET; the writer leaves the body out. A backend that
 //! serves by redirect (S3 with `serve: "redirect"`) gets a `302` before all of this.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use super::{storage_error, App};
@@ -57,8 +58,8 @@ pub fn serve(app: &App, request: &Request, id: &str) -> ApiResult {
 
     let content_type = content_type_of(id, &object);
     let mut response = match outcome {
-        RangeOutcome::Full => whole(&object, &content_type),
-        RangeOutcome::Partial(range) => single_range(&object, range, &content_type),
+        RangeOutcome::Full => whole(&object, content_type),
+        RangeOutcome::Partial(range) => single_range(&object, range, content_type),
         RangeOutcome::Multi(ranges) => multiple_ranges(&object, &ranges, &content_type),
         RangeOutcome::Unsatisfiable => ApiError::RangeNotSatisfiable { size }.to_response(),
     };
@@ -71,7 +72,7 @@ pub fn serve(app: &App, request: &Request, id: &str) -> ApiResult {
 /// after it expires.
 fn redirect(url: &str) -> Response {
     let mut response = Response::new(302);
-    response.header("Location", url);
+    response.header("Location", url.to_string());
     response.header("Cache-Control", "no-store");
     response
 }
@@ -87,30 +88,30 @@ fn conditionals(request: &Request) -> Conditionals<'_> {
 }
 
 /// The content type from the id's extension, the backend's stored type, or the first bytes.
-fn content_type_of(id: &str, object: &Object) -> String {
+fn content_type_of(id: &str, object: &Object) -> Cow<'static, str> {
     if let Some(known) = content_type::from_extension(id) {
-        return known.to_string();
+        return Cow::Borrowed(known);
     }
     if let Some(stored) = &object.info.content_type {
-        return stored.clone();
+        return Cow::Owned(stored.clone());
     }
     match object.source.read_prefix(SNIFF_BYTES) {
-        Ok(prefix) => content_type::sniff(&prefix).to_string(),
+        Ok(prefix) => Cow::Borrowed(content_type::sniff(&prefix)),
         Err(e) => {
             log::warn!("cannot read the start of {id:?} to guess its type: {e}");
-            "application/octet-stream".to_string()
+            Cow::Borrowed("application/octet-stream")
         }
     }
 }
 
-fn whole(object: &Object, content_type: &str) -> Response {
+fn whole(object: &Object, content_type: Cow<'static, str>) -> Response {
     let mut response = Response::new(200);
     response.header("Content-Type", content_type);
     response.body = body_of(object, 0, object.info.size);
     response
 }
 
-fn single_range(object: &Object, range: ByteRange, content_type: &str) -> Response {
+fn single_range(object: &Object, range: ByteRange, content_type: Cow<'static, str>) -> Response {
     let mut response = Response::new(206);
     response.header("Content-Type", content_type);
     response.header("Content-Range", range.content_range(object.info.size));

@@ -13,6 +13,7 @@ use std::os::fd::AsRawFd;
 use std::time::SystemTime;
 
 use serde::Serialize;
+use std::borrow::Cow;
 
 /// The bytes of a response after its head.
 pub enum Body {
@@ -45,14 +46,14 @@ impl Body {
 /// A status, its headers and a body of known length.
 pub struct Response {
     pub status: u16,
-    headers: Vec<(&'static str, String)>,
+    headers: Vec<(&'static str, Cow<'static, str>)>,
     pub body: Body,
 }
 
 impl Response {
     /// Creates a response with no headers and an empty body.
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Body::Empty }
+        Response { status, headers: Vec::with_capacity(12), body: Body::Empty }
     }
 
     /// Creates an `application/json` response from a serializable value.
@@ -67,11 +68,11 @@ impl Response {
 
     /// Adds a header. A value holding CR or LF has them replaced by spaces, so no value can
     /// start a new header line.
-    pub fn header(&mut self, name: &'static str, value: impl Into<String>) {
+    pub fn header(&mut self, name: &'static str, value: impl Into<Cow<'static, str>>) {
         let mut value = value.into();
         if value.contains(['\r', '\n']) {
             log::warn!("header {name} held a line break; replaced it with a space");
-            value = value.replace(['\r', '\n'], " ");
+            value = Cow::Owned(value.replace(['\r', '\n'], " "));
         }
         self.headers.push((name, value));
     }
@@ -81,7 +82,7 @@ impl Response {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Returns an in-memory body's bytes, or an empty slice for other bodies.
@@ -148,19 +149,22 @@ pub fn write_continue(stream: &mut TcpStream) -> io::Result<()> {
 
 fn render_head(
     status: u16,
-    headers: &[(&'static str, String)],
+    headers: &[(&'static str, Cow<'static, str>)],
     body_len: u64,
     framing: Framing,
 ) -> Vec<u8> {
     use std::fmt::Write as _;
 
-    // Writing into a String cannot fail, so the results of write! are ignored.
     let mut head = String::with_capacity(512);
+    // Writing into a String cannot fail, so the results of write! are ignored.
     let _ = write!(head, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
-    let _ = write!(head, "Date: {}\r\n", current_http_date());
-    head.push_str("Server: streamserver\r\n");
+    head.push_str("Date: ");
+    push_http_date(&mut head);
+    head.push_str("\r\nServer: streamserver\r\n");
     for (name, value) in headers {
-        let _ = write!(head, "{name}: {value}\r\n");
+        for part in [name, ": ", value.as_ref(), "\r\n"] {
+            head.push_str(part);
+        }
     }
     // RFC 9110 §8.6: no Content-Length on 204, and a 304 carries no body headers.
     if status != 204 && status != 304 {
@@ -175,8 +179,8 @@ fn render_head(
     head.into_bytes()
 }
 
-/// The current time as an HTTP-date, formatted once per second per thread.
-fn current_http_date() -> String {
+/// Appends the current time as an HTTP-date, formatted once per second per thread.
+fn push_http_date(out: &mut String) {
     use std::cell::RefCell;
     use std::time::UNIX_EPOCH;
 
@@ -190,7 +194,7 @@ fn current_http_date() -> String {
         if cache.0 != second {
             *cache = (second, httpdate::fmt_http_date(now));
         }
-        cache.1.clone()
+        out.push_str(&cache.1);
     })
 }
 
