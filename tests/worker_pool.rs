@@ -7,7 +7,7 @@
 //!   completed;
 //! - the idle timeout still closes a connection that goes quiet after a response;
 //! - while more workers than the machine has cores are blocked writing to clients that stopped
-//!   reading, other clients' requests are still answered at once;
+//!   reading, other clients still get their responses at once;
 //! - when the busy workers change (a stalled client leaves, new ones arrive), no idle worker is
 //!   left waiting where it sees no new request;
 //! - a shutdown closes the connections the workers watch and the process exits.
@@ -93,8 +93,8 @@ fn requests_are_answered_while_workers_wait_on_stalled_clients() {
     drop(stalled);
 }
 
-/// A connection that pipelines 200 KiB downloads and reads nothing, so its worker blocks in a
-/// write while it counts as busy.
+/// Opens a connection that pipelines 200 KiB downloads and reads nothing, so its worker blocks
+/// in a write while it counts as busy.
 fn stalled_client(server: &TestServer, source: Ipv4Addr) -> TcpStream {
     let mut stream = connect_from(source, server.addr, Some(4096));
     let burst = b"GET /videos/part.mp4 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(400);

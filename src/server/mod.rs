@@ -51,7 +51,7 @@ fn widen_backlog(listener: &TcpListener) {
     }
 }
 
-/// How many busy workers keep idle workers out of epoll (see [`queue`]). With local storage a
+/// Returns how many busy workers keep idle workers out of epoll (see [`queue`]). With local storage a
 /// busy worker keeps about one core busy, the kernel's network work for its system calls
 /// included. One core is left for the rest of that work and for other processes. On 2 cores
 /// (BENCHMARKS.md) a limit of 1 spent 26 us of CPU per 64 KiB range request, and a limit of 2

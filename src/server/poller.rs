@@ -268,7 +268,7 @@ impl Poller {
         }
     }
 
-    /// Parks the connections the workers watched for their next request in vain.
+    /// Parks the keep-alive connections that stayed quiet while the workers watched them.
     fn take_back_watched(&mut self) {
         for conn in self.jobs.take_expired() {
             match conn.stream.set_nonblocking(true) {

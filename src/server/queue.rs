@@ -1,8 +1,8 @@
-//! Where workers wait for work: requests the poller parsed, and keep-alive connections a worker
-//! has just answered.
+//! Where workers wait for work: requests the poller parsed, and keep-alive connections whose
+//! response a worker has just sent.
 //!
 //! The workers share one epoll instance. It watches an eventfd that counts the jobs the poller
-//! queued, and each connection a worker answered a moment ago, in one-shot mode so that exactly
+//! queued, and each connection whose response was sent a moment ago, in one-shot mode so that exactly
 //! one worker takes it when its next request arrives. A worker that finishes a response thus
 //! picks up the next ready request of any connection without sleeping when one is waiting, as
 //! an event loop does, and a client that sends its next request at once costs no trip through
@@ -37,8 +37,8 @@ pub const WATCH_WINDOW: Duration = Duration::from_millis(100);
 const BENCH_POLL: Duration = Duration::from_millis(1);
 
 /// Looks that find nothing before the first worker on the bench waits in epoll instead. Under
-/// load the busy workers take each request within a few looks; when the looks keep finding
-/// nothing, waking for each request costs less than looking a thousand times a second.
+/// load the busy workers take each request within a few looks. When the looks keep finding
+/// nothing, a wake-up per request costs less than a thousand looks a second.
 const BENCH_POLLS: usize = 10;
 
 /// The epoll token of the eventfd that counts queued jobs.
@@ -47,7 +47,7 @@ const JOBS_SIGNAL: u64 = u64::MAX;
 /// Added to the job count on close so that every worker, now and later, wakes and ends.
 const CLOSED_SIGNAL: u64 = 1 << 40;
 
-/// What a worker gets to do next.
+/// The next piece of work for a worker.
 pub enum Work {
     /// A request the poller parsed, with its connection in non-blocking mode.
     Request(Job),
@@ -275,7 +275,7 @@ impl JobQueue {
             }
 
             // Another runnable thread, such as a worker finishing a response or a client on this
-            // machine, often produces the next event at once; letting it run first can save this
+            // machine, often produces the next event at once. Letting it run first can save this
             // worker a sleep and a wake-up.
             std::thread::yield_now();
             if let Some(token) = self.poll_epoll(0) {
@@ -344,7 +344,7 @@ impl JobQueue {
         event
     }
 
-    /// One `epoll_wait` for one event with the given timeout in milliseconds (-1: none).
+    /// Waits in `epoll_wait` for one event, up to `timeout` milliseconds (-1: no limit).
     fn poll_epoll(&self, timeout: libc::c_int) -> Option<u64> {
         let mut event = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: the epoll descriptor is open for the queue's lifetime; one event fits.
@@ -378,7 +378,7 @@ impl JobQueue {
         }
     }
 
-    /// Removes a watched connection if the slot still holds the given generation.
+    /// Removes a watched connection if the slot still has the given generation.
     fn take(&self, slot: usize, generation: u32) -> Option<Connection> {
         let mut state = self.lock();
         let entry = state.watched.get_mut(slot)?;
@@ -445,7 +445,7 @@ impl Drop for SteppedOut<'_> {
 /// Wraps a new descriptor, or returns the error a negative result stands for.
 ///
 /// # Safety
-/// `fd` must be a descriptor just returned by a system call and owned by nobody else.
+/// `fd` must be a descriptor just returned by a system call, with no other owner.
 unsafe fn owned(fd: RawFd) -> io::Result<OwnedFd> {
     if fd < 0 {
         Err(io::Error::last_os_error())
@@ -461,7 +461,7 @@ mod tests {
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
 
-    /// A connected pair: the server side wrapped as a connection, and the client side.
+    /// Connects a pair: returns the server side wrapped as a connection, and the client side.
     fn pair() -> (Connection, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();

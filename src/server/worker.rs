@@ -247,8 +247,8 @@ fn serve_request(conn: &mut Connection, request: Request, shared: &Shared) -> Ne
     }
 }
 
-/// True for a body whose sending likely waits on the client: one larger than a socket buffer
-/// holds, or one read from the object store as it goes.
+/// Returns true for a body whose sending likely waits on the client: one larger than a socket
+/// buffer takes at once, or one read from the object store as it goes.
 fn is_long_body(body: &Body) -> bool {
     match body {
         Body::Stream { .. } => true,

@@ -1,6 +1,6 @@
 //! Change notices for the video folder, read from inotify without blocking.
 //!
-//! The open-file cache asks here before it trusts a descriptor without a fresh `stat`. The
+//! The open-file cache reads them here before it trusts a descriptor without a fresh `stat`. The
 //! kernel queues a notice before the system call that changed a file returns, so a request that
 //! starts after a change always sees it. What inotify cannot see (a change through a hard link
 //! in another folder, a file behind a symbolic link, another host writing to a network
@@ -26,7 +26,7 @@ const WATCHED: u32 = libc::IN_MODIFY
 /// Notices that end the watch itself or report lost notices.
 const WATCH_LOST: u32 = libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED | libc::IN_UNMOUNT;
 
-/// What changed since the last call to [`DirWatch::changes`].
+/// The changes since the last call to [`DirWatch::changes`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Changes {
     Nothing,
@@ -52,11 +52,11 @@ impl DirWatch {
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: `raw` is a new descriptor owned by nobody else.
+        // SAFETY: `raw` is a new descriptor with no other owner.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
         let path = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "folder path holds a NUL byte"))?;
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "invalid folder path: it contains a NUL byte"))?;
         // SAFETY: `path` is a NUL-terminated string that outlives the call.
         let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), WATCHED | libc::IN_ONLYDIR) };
         if wd < 0 {
@@ -99,7 +99,7 @@ impl DirWatch {
 }
 
 /// Adds the names in one `read`'s worth of notices to `names`, and sets `created` for a new
-/// name; returns anything that is more than a list of names.
+/// name. Returns any change that is more than a list of names.
 fn parse_notices(mut bytes: &[u8], names: &mut Vec<OsString>, created: &mut bool) -> Changes {
     const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
     while bytes.len() >= HEADER {

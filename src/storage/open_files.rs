@@ -6,10 +6,10 @@
 //! Otherwise it is reused only while a fresh `stat` of the path still shows the same file: same
 //! device and inode, same size, same modification and change times. A file replaced by an
 //! upload (a new inode), edited in place (new times) or deleted (the `stat` fails) is never
-//! served from the cache. Trust without a `stat` is withheld from a file reached through a
-//! symbolic link or with more than one name, whose changes may come with no notice naming
-//! this path; after any new name in the folder, which may be such a link, until the next
-//! `stat`; and from a check that a notice overlapped. The cache keeps at most [`CAPACITY`]
+//! served from the cache. No entry is reused without a `stat` when its file is reached through
+//! a symbolic link or has more than one name, because its changes may come with no notice
+//! naming this path. The same holds after any new name in the folder (it may be a new hard
+//! link) until the next `stat`, and for a check that a notice overlapped. The cache keeps at most [`CAPACITY`]
 //! descriptors. A descriptor of a deleted file is closed once its entry is dropped and no
 //! response still sends from it. Opening, checking the file type and reporting errors stay
 //! with the backend.
@@ -65,7 +65,7 @@ struct Entry {
     /// When a `stat` last matched, if the entry may be reused without one until
     /// [`TRUST_FOR`] later.
     trusted_since: Option<Instant>,
-    /// Opened through a path that is not a symbolic link, so inotify sees its changes.
+    /// Opened through a path that is not a symbolic link, so inotify reports its changes.
     direct: bool,
 }
 
@@ -74,7 +74,7 @@ struct Entries {
     map: HashMap<String, Entry>,
     /// `None` without inotify: every request then checks with `stat`.
     watch: Option<DirWatch>,
-    /// Reads of the notices that found any, so a check that overlapped one can be told apart.
+    /// Reads of the notices that found any, so a check that overlapped one is detected.
     notice_reads: u64,
 }
 
@@ -83,9 +83,9 @@ struct Entries {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckStart(u64);
 
-/// Whether what a `stat` or an open saw of `meta` may be trusted without a `stat` later: the
-/// path is not a symbolic link (`direct`), and the file has one name, so every change to it
-/// comes with a notice naming this path.
+/// Returns true when `meta` may be trusted without a `stat` later. That needs a path that is
+/// not a symbolic link (`direct`) and a file with one name, so that every change to it comes
+/// with a notice naming this path.
 fn trustworthy(meta: &Metadata, direct: bool) -> bool {
     direct && meta.nlink() == 1
 }
@@ -97,7 +97,7 @@ pub struct OpenFiles {
 }
 
 impl OpenFiles {
-    /// A cache for the videos in `dir`, with change notices when inotify is available.
+    /// Creates a cache for the videos in `dir`, with change notices when inotify is available.
     pub fn new(dir: &Path) -> OpenFiles {
         let watch = DirWatch::new(dir)
             .map_err(|e| {
@@ -139,7 +139,7 @@ impl OpenFiles {
     }
 
     /// Remembers `open` for `id`, making room by dropping an older entry when full. `direct`
-    /// tells that the path is not a symbolic link; `start` is as for [`OpenFiles::get`].
+    /// is true when the path is not a symbolic link, and `start` is as for [`OpenFiles::get`].
     pub fn insert(&self, id: &str, open: OpenFile, direct: bool, start: CheckStart) {
         let key = FileKey::of(&open.meta);
         let mut entries = self.lock();
