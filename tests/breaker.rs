@@ -279,7 +279,7 @@ fn in_place_rewrite_with_restored_mtime_changes_etag() {
 }
 
 #[test]
-fn file_written_through_another_hard_link_is_served_fresh() {
+fn hard_link_write_is_served_fresh() {
     let server = TestServer::start(json!({}));
     let first = server.video_dir.join("a.mp4");
     let second = server.video_dir.join("b.mp4");

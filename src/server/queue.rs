@@ -4,9 +4,8 @@
 //! The workers share one epoll instance. It watches an eventfd that counts the jobs the poller
 //! queued, and each connection whose response was sent a moment ago, in one-shot mode so that exactly
 //! one worker takes it when its next request arrives. A worker that finishes a response thus
-//! picks up the next ready request of any connection without sleeping when one is waiting, as
-//! an event loop does, and a client that sends its next request at once costs no trip through
-//! the poller. The poller takes back connections watched here for longer than
+//! picks up the next ready request of any connection without sleeping, as an event loop does.
+//! A client that sends its next request at once costs no trip through the poller. The poller takes back connections watched here for longer than
 //! [`WATCH_WINDOW`], so idle connections fall under its timeouts as before.
 //!
 //! Each watched connection sits in a slot with a generation number, and its epoll event
@@ -14,9 +13,9 @@
 //!
 //! Idle workers do not all wait in epoll: the kernel wakes a waiting worker for every event,
 //! even when a busy worker would take it a few microseconds later without sleeping. So an idle
-//! worker waits in epoll only while fewer than `busy_limit` workers are busy; otherwise it waits
-//! on the bench, whose first worker looks for work every [`BENCH_POLL`], and after
-//! [`BENCH_POLLS`] looks that find nothing waits in epoll itself. A busy worker that
+//! worker waits in epoll only while fewer than `busy_limit` workers are busy. Otherwise it waits
+//! on the bench, whose first worker looks for work every [`BENCH_POLL`] and, after
+//! [`BENCH_POLLS`] looks that find nothing, waits in epoll itself. A busy worker that
 //! starts a long wait on a client ([`JobQueue::step_out`]) stops counting as busy.
 
 use std::collections::VecDeque;
@@ -81,12 +80,13 @@ struct Inner {
     busy_limit: usize,
     bench: Mutex<Bench>,
     bench_call: Condvar,
+    /// Workers on the bench, changed under its lock and read without it.
+    sitting: AtomicUsize,
 }
 
 /// Idle workers kept out of epoll while enough workers are busy.
 #[derive(Default)]
 struct Bench {
-    sitting: usize,
     /// A worker sits first and looks for work every [`BENCH_POLL`].
     head_taken: bool,
 }
@@ -125,6 +125,7 @@ impl JobQueue {
             busy_limit: busy_limit.max(1),
             bench: Mutex::default(),
             bench_call: Condvar::new(),
+            sitting: AtomicUsize::new(0),
         };
         Ok(JobQueue { inner: Arc::new(inner) })
     }
@@ -191,7 +192,7 @@ impl JobQueue {
 
     /// Idle workers: waiting in epoll or on the bench.
     pub fn idle(&self) -> usize {
-        self.inner.waiting.load(Ordering::Relaxed) + self.bench().sitting
+        self.inner.waiting.load(Ordering::Relaxed) + self.inner.sitting.load(Ordering::Relaxed)
     }
 
     fn next_work(&self) -> Option<Work> {
@@ -297,13 +298,13 @@ impl JobQueue {
     /// the first worker found.
     fn sit_on_bench(&self) -> Option<u64> {
         let mut bench = self.bench();
-        bench.sitting += 1;
+        self.inner.sitting.fetch_add(1, Ordering::Relaxed);
         if bench.head_taken {
             bench = self.inner.bench_call.wait(bench).unwrap_or_else(PoisonError::into_inner);
             // Called with the first worker still polling: look again. Called by a first worker
             // that left: take over its polling, so no worker sits here unwatched.
             if bench.head_taken {
-                bench.sitting -= 1;
+                self.inner.sitting.fetch_sub(1, Ordering::Relaxed);
                 return None;
             }
         }
@@ -322,21 +323,21 @@ impl JobQueue {
 
         // Nothing came for a while, so the busy workers are more likely blocked than quick:
         // wait in epoll, still as the first worker so the others stay asleep.
-        bench.sitting -= 1;
+        self.inner.sitting.fetch_sub(1, Ordering::Relaxed);
         drop(bench);
         self.inner.waiting.fetch_add(1, Ordering::Relaxed);
         let event = self.poll_epoll(-1);
         self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
         bench = self.bench();
-        bench.sitting += 1;
+        self.inner.sitting.fetch_add(1, Ordering::Relaxed);
         self.leave_bench_head(bench, event)
     }
 
     /// Ends the first worker's turn on the bench and calls the next one to take it over.
     fn leave_bench_head(&self, mut bench: MutexGuard<'_, Bench>, event: Option<u64>) -> Option<u64> {
         bench.head_taken = false;
-        bench.sitting -= 1;
-        let others = bench.sitting > 0;
+        self.inner.sitting.fetch_sub(1, Ordering::Relaxed);
+        let others = self.inner.sitting.load(Ordering::Relaxed) > 0;
         drop(bench);
         if others {
             self.inner.bench_call.notify_one();
@@ -478,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn queued_job_is_taken_and_counts_busy_while_held() {
+    fn queued_job_counts_busy() {
         let queue = JobQueue::new(1).unwrap();
         let (job, _client) = new_job();
         queue.push(job).map_err(|_| ()).unwrap();
@@ -491,7 +492,7 @@ mod tests {
     }
 
     #[test]
-    fn watched_connection_comes_back_when_readable() {
+    fn watched_connection_returns_when_readable() {
         let queue = JobQueue::new(1).unwrap();
         let (conn, mut client) = pair();
         let peer = conn.peer;
@@ -505,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn expired_connection_is_taken_back_and_its_event_dropped() {
+    fn expired_connection_is_taken_back() {
         let queue = JobQueue::new(1).unwrap();
         let (conn, mut client) = pair();
         queue.watch(conn);
@@ -536,7 +537,7 @@ mod tests {
     }
 
     #[test]
-    fn close_ends_every_worker_after_the_queued_jobs() {
+    fn close_ends_workers_after_queued_jobs() {
         let queue = JobQueue::new(1).unwrap();
         let (job, _client) = new_job();
         queue.push(job).map_err(|_| ()).unwrap();
@@ -554,7 +555,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_worker_sits_on_the_bench_while_others_are_busy() {
+    fn idle_worker_benched_while_others_busy() {
         let queue = JobQueue::new(1).unwrap();
         let (job, _client) = new_job();
         queue.push(job).map_err(|_| ()).unwrap();
@@ -563,7 +564,7 @@ mod tests {
         let waiter = queue.clone();
         let handle = std::thread::spawn(move || waiter.next().map(|(work, _)| matches!(work, Work::Request(_))));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while queue.bench().sitting == 0 && Instant::now() < deadline {
+        while queue.inner.sitting.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(queue.inner.waiting.load(Ordering::Relaxed), 0, "no worker may sleep in epoll");

@@ -221,13 +221,13 @@ fn serve_request(conn: &mut Connection, request: Request, shared: &Shared) -> Ne
         (true, _) => Framing::KeepAlive11,
     };
     let head_only = request.method == Method::Head;
-    let _streaming = (!head_only && is_long_body(&response.body)).then(|| shared.jobs.step_out());
+    let streaming = (!head_only && is_long_body(&response.body)).then(|| shared.jobs.step_out());
     let written = match &permit {
         Ok(_) => write_response(body.stream(), response, head_only, framing),
         Err(_) => write_too_many_requests(body.stream(), response, head_only, framing),
     };
     drop(permit);
-    drop(_streaming);
+    drop(streaming);
 
     let bytes = match &written {
         Ok(n) => *n,

@@ -2,7 +2,7 @@
 //!
 //! The open-file cache reads them here before it trusts a descriptor without a fresh `stat`. The
 //! kernel queues a notice before the system call that changed a file returns, so a request that
-//! starts after a change always sees it. What inotify cannot see (a change through a hard link
+//! starts after a change always finds the notice. What inotify cannot see (a change through a hard link
 //! in another folder, a file behind a symbolic link, another host writing to a network
 //! filesystem) is left to the cache's periodic `stat`.
 
@@ -22,6 +22,9 @@ const WATCHED: u32 = libc::IN_MODIFY
     | libc::IN_MOVED_TO
     | libc::IN_DELETE_SELF
     | libc::IN_MOVE_SELF;
+
+/// Bytes read per `read` of the notices; enough for dozens of notices.
+const NOTICE_BUFFER: usize = 4096;
 
 /// Notices that end the watch itself or report lost notices.
 const WATCH_LOST: u32 = libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED | libc::IN_UNMOUNT;
@@ -69,10 +72,11 @@ impl DirWatch {
     pub fn changes(&self) -> Changes {
         let mut names = Vec::new();
         let mut created = false;
-        let mut buf = [0u8; 4096];
+        // Left uninitialised: this runs on every request, and `read` fills what is used.
+        let mut buf = std::mem::MaybeUninit::<[u8; NOTICE_BUFFER]>::uninit();
         loop {
             // SAFETY: reads into a buffer of the given length that this function owns.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), NOTICE_BUFFER) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -85,7 +89,9 @@ impl DirWatch {
                 break;
             }
 
-            match parse_notices(&buf[..n as usize], &mut names, &mut created) {
+            // SAFETY: `read` initialised the first `n` bytes of the buffer.
+            let read = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
+            match parse_notices(read, &mut names, &mut created) {
                 Changes::Nothing => {}
                 other => return other,
             }

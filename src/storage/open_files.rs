@@ -8,8 +8,8 @@
 //! upload (a new inode), edited in place (new times) or deleted (the `stat` fails) is never
 //! served from the cache. No entry is reused without a `stat` when its file is reached through
 //! a symbolic link or has more than one name, because its changes may come with no notice
-//! naming this path. The same holds after any new name in the folder (it may be a new hard
-//! link) until the next `stat`, and for a check that a notice overlapped. The cache keeps at most [`CAPACITY`]
+//! naming this path. The same applies after any new name in the folder (it may be a new hard
+//! link) until the next `stat`, and to a check that a notice overlapped. The cache keeps at most [`CAPACITY`]
 //! descriptors. A descriptor of a deleted file is closed once its entry is dropped and no
 //! response still sends from it. Opening, checking the file type and reporting errors stay
 //! with the backend.
@@ -293,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn new_hard_link_needs_stat_and_is_never_trusted() {
+    fn new_hard_link_is_never_trusted() {
         let (dir, path, cache) = watched_video();
 
         let link = dir.path().join("b.mp4");
@@ -344,7 +344,7 @@ mod tests {
     }
 
     #[test]
-    fn entry_through_symlink_or_unwatched_needs_stat() {
+    fn symlink_or_unwatched_needs_stat() {
         let (_dir, path, cache) = watched_video();
         cache.insert("link.mp4", open(&path), false, CheckStart(0));
         assert!(cache.get_unchanged("link.mp4").is_err());
