@@ -71,6 +71,10 @@ fn strip_absolute_form(path: &str) -> &str {
 
 /// Decodes and validates the id segment of a path.
 pub fn parse_id(segment: &str) -> Result<String, ApiError> {
+    if !segment.contains('%') {
+        validate_id(segment)?;
+        return Ok(segment.to_string());
+    }
     let bytes = percent_decode(segment).ok_or_else(|| invalid("a '%' is not followed by two hex digits"))?;
     let id = String::from_utf8(bytes).map_err(|_| invalid("it is not valid UTF-8"))?;
     validate_id(&id)?;

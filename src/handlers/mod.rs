@@ -25,6 +25,8 @@ use crate::storage::{Storage, StorageError};
 /// State shared by every worker.
 pub struct App {
     pub config: Config,
+    /// `config.cache_control`, borrowed by every media answer instead of copied.
+    pub cache_control: &'static str,
     pub storage: Arc<dyn Storage>,
     pub limiter: Limiter,
     /// Set when shutdown begins; connections then close after their current request.
@@ -34,7 +36,9 @@ pub struct App {
 impl App {
     pub fn new(config: Config, storage: Arc<dyn Storage>) -> App {
         let limiter = Limiter::new(config.max_conns, config.per_ip_limit());
-        App { config, storage, limiter, stopping: Arc::new(AtomicBool::new(false)) }
+        // Leaked once: an App lasts as long as its server.
+        let cache_control = Box::leak(config.cache_control.clone().into_boxed_str());
+        App { config, cache_control, storage, limiter, stopping: Arc::new(AtomicBool::new(false)) }
     }
 
     pub fn is_stopping(&self) -> bool {

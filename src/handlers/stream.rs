@@ -46,7 +46,7 @@ pub fn serve(app: &App, request: &Request, id: &str) -> ApiResult {
 
     match evaluate_preconditions(&conditionals(request), &validators, true) {
         Precondition::Proceed => {}
-        Precondition::NotModified => return Ok(not_modified(app, &validators)),
+        Precondition::NotModified => return Ok(not_modified(app, validators)),
         Precondition::PreconditionFailed => return Err(ApiError::PreconditionFailed),
     }
 
@@ -63,7 +63,7 @@ pub fn serve(app: &App, request: &Request, id: &str) -> ApiResult {
         RangeOutcome::Multi(ranges) => multiple_ranges(&object, &ranges, &content_type),
         RangeOutcome::Unsatisfiable => ApiError::RangeNotSatisfiable { size }.to_response(),
     };
-    add_media_headers(app, &validators, &mut response);
+    add_media_headers(app, validators, &mut response);
     Ok(response)
 }
 
@@ -145,23 +145,23 @@ fn body_of(object: &Object, start: u64, len: u64) -> Body {
 }
 
 /// A 304 carries the validators and caching headers, and no body headers (RFC 9110 §15.4.5).
-fn not_modified(app: &App, validators: &Validators) -> Response {
+fn not_modified(app: &App, validators: Validators) -> Response {
     let mut response = Response::new(304);
     add_validator_headers(app, validators, &mut response);
     response
 }
 
-fn add_media_headers(app: &App, validators: &Validators, response: &mut Response) {
+fn add_media_headers(app: &App, validators: Validators, response: &mut Response) {
     response.header("Accept-Ranges", "bytes");
     response.header("X-Content-Type-Options", "nosniff");
     add_validator_headers(app, validators, response);
 }
 
-fn add_validator_headers(app: &App, validators: &Validators, response: &mut Response) {
-    response.header("ETag", validators.etag.clone());
+fn add_validator_headers(app: &App, validators: Validators, response: &mut Response) {
+    response.header("ETag", validators.etag);
     response.header("Last-Modified", format_http_date(validators.last_modified));
     // A shared cache must not keep a 416 for the media's lifetime.
     if response.status != 416 {
-        response.header("Cache-Control", app.config.cache_control.clone());
+        response.header("Cache-Control", app.cache_control);
     }
 }

@@ -26,6 +26,7 @@
 //! Go's net/http does, so it gives 304 unless the file is newer. This keeps the
 //! functions free of a clock.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The current validators of the selected representation.
@@ -137,7 +138,10 @@ pub fn strong_etag(identity: u64, size: u64, modified: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_nanos())
         .unwrap_or(0);
-    format!("\"{identity:x}-{size:x}-{nanos:x}\"")
+    let mut tag = String::with_capacity(72);
+    // Writing into a String cannot fail.
+    let _ = write!(tag, "\"{identity:x}-{size:x}-{nanos:x}\"");
+    tag
 }
 
 /// Formats an IMF-fixdate such as `Sun, 06 Nov 1994 08:49:37 GMT`, dropping
@@ -149,7 +153,10 @@ pub fn format_http_date(t: SystemTime) -> String {
     // 9999-12-31T23:59:59Z, the last second httpdate 1.0 can format.
     let latest = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
     let clamped = t.clamp(UNIX_EPOCH, latest);
-    httpdate::fmt_http_date(clamped)
+    let mut date = String::with_capacity(29);
+    // Writing into a String cannot fail.
+    let _ = write!(date, "{}", httpdate::HttpDate::from(clamped));
+    date
 }
 
 /// Parses an HTTP-date in any of the three formats of RFC 9110 §5.6.7

@@ -11,9 +11,13 @@
 pub fn from_extension(id: &str) -> Option<&'static str> {
     let name = id.rsplit('/').next().unwrap_or(id);
     let (_, extension) = name.rsplit_once('.')?;
-    let extension = extension.to_ascii_lowercase();
+    // Every known extension fits in 4 bytes; lowercasing on the stack keeps this off the heap.
+    let mut lower = [0u8; 4];
+    let lower = lower.get_mut(..extension.len())?;
+    lower.copy_from_slice(extension.as_bytes());
+    lower.make_ascii_lowercase();
 
-    let content_type = match extension.as_str() {
+    let content_type = match std::str::from_utf8(lower).ok()? {
         // Video containers.
         "mp4" => "video/mp4",
         "m4v" => "video/x-m4v",

@@ -8,6 +8,8 @@
 //! A header that cannot be parsed is ignored, so the whole representation is
 //! sent with 200, as RFC 9110 §14.2 allows. Go's net/http responds to such
 //! headers with 416 instead.
+use std::fmt::Write as _;
+
 
 /// A satisfiable byte range with an inclusive `end`, already clamped to the
 /// representation, so `start <= end < size`.
@@ -28,7 +30,10 @@ impl ByteRange {
     /// Formats the `Content-Range` value for this range of a representation of
     /// `size` bytes, for example `bytes 0-1/10`.
     pub fn content_range(&self, size: u64) -> String {
-        format!("bytes {}-{}/{}", self.start, self.end, size)
+        let mut value = String::with_capacity(72);
+        // Writing into a String cannot fail.
+        let _ = write!(value, "bytes {}-{}/{}", self.start, self.end, size);
+        value
     }
 }
 
@@ -78,6 +83,9 @@ pub fn evaluate_range(header: Option<&str>, size: u64, max_ranges: usize) -> Ran
     let Some(header) = header else {
         return RangeOutcome::Full;
     };
+    if let Some(outcome) = evaluate_single(header, size, max_ranges) {
+        return outcome;
+    }
     let Some(specs) = parse_range_header(header) else {
         return RangeOutcome::Full;
     };
@@ -107,6 +115,22 @@ pub fn evaluate_range(header: Option<&str>, size: u64, max_ranges: usize) -> Ran
     } else {
         RangeOutcome::Multi(merged)
     }
+}
+
+/// Answers a header holding exactly one valid spec, a player's usual seek, without the
+/// allocations of the general path. Returns `None` for anything else, which the general path
+/// then decides.
+fn evaluate_single(header: &str, size: u64, max_ranges: usize) -> Option<RangeOutcome> {
+    let (unit, set) = trim_ows(header).split_once('=')?;
+    if set.contains(',') || !unit.eq_ignore_ascii_case("bytes") || size == 0 || max_ranges == 0 {
+        return None;
+    }
+
+    let spec = parse_spec(trim_ows(set))?;
+    Some(match resolve(spec, size) {
+        Some(range) => RangeOutcome::Partial(range),
+        None => RangeOutcome::Unsatisfiable,
+    })
 }
 
 /// Parses `bytes=spec, spec, ...`. Returns `None` for another unit or any malformed spec.

@@ -69,8 +69,7 @@ pub struct Request {
     pub target: String,
     /// The minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    /// Header names in lowercase, values decoded lossily from bytes.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: BodyFraming,
     /// The client sent `Expect: 100-continue` and waits for it before the body.
     pub expect_continue: bool,
@@ -80,9 +79,9 @@ pub struct Request {
 }
 
 impl Request {
-    /// Returns the first value of a header; `name` must be lowercase.
+    /// Returns the first value of a header, matching its name in any case.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     /// The path part of the target, without the query.
@@ -93,6 +92,45 @@ impl Request {
     /// The query part of the target, without the `?`.
     pub fn query(&self) -> Option<&str> {
         self.target.split_once('?').map(|(_, query)| query)
+    }
+}
+
+/// The header fields of a request, held in one string so that parsing a head costs two
+/// allocations whatever the number of fields. Names keep the case they were sent in and are
+/// matched ignoring ASCII case; values are decoded lossily from bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Headers {
+    text: String,
+    /// For each field: where its name ends and where its value ends in `text`. The name
+    /// starts where the previous value ended.
+    fields: Vec<(u32, u32)>,
+}
+
+impl Headers {
+    fn new(parsed: &[httparse::Header]) -> Headers {
+        let bytes: usize = parsed.iter().map(|h| h.name.len() + h.value.len()).sum();
+        let mut headers = Headers { text: String::with_capacity(bytes), fields: Vec::with_capacity(parsed.len()) };
+        for field in parsed {
+            headers.text.push_str(field.name);
+            let name_end = headers.text.len() as u32;
+            headers.text.push_str(&String::from_utf8_lossy(field.value));
+            headers.fields.push((name_end, headers.text.len() as u32));
+        }
+        headers
+    }
+
+    /// Every field as a name and a value, in the order they were sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let starts = std::iter::once(0).chain(self.fields.iter().map(|&(_, value_end)| value_end));
+        starts.zip(&self.fields).map(|(start, &(name_end, value_end))| {
+            let (start, name_end, value_end) = (start as usize, name_end as usize, value_end as usize);
+            (&self.text[start..name_end], &self.text[name_end..value_end])
+        })
+    }
+
+    /// The values of every field called `name`, in any case.
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 }
 
@@ -128,25 +166,18 @@ pub fn parse_head(buffer: &[u8], peer: SocketAddr) -> ParseOutcome {
 
 fn build_request(parsed: &httparse::Request, peer: SocketAddr) -> Result<Request, ApiError> {
     let minor_version = parsed.version.unwrap_or(1);
-    let headers: Vec<(String, String)> = parsed
-        .headers
-        .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
-        .collect();
+    let headers = Headers::new(parsed.headers);
 
     if minor_version >= 1 {
         check_host(&headers)?;
     }
     let body = body_framing(&headers, minor_version)?;
-    let connection_tokens = header_tokens(&headers, "connection");
     let keep_alive = match minor_version {
-        0 => connection_tokens.iter().any(|t| t == "keep-alive"),
-        _ => !connection_tokens.iter().any(|t| t == "close"),
+        0 => has_token(&headers, "connection", "keep-alive"),
+        _ => !has_token(&headers, "connection", "close"),
     };
     let expect_continue = minor_version >= 1
-        && headers
-            .iter()
-            .any(|(n, v)| n == "expect" && v.trim().eq_ignore_ascii_case("100-continue"));
+        && headers.values("expect").any(|v| v.trim().eq_ignore_ascii_case("100-continue"));
 
     Ok(Request {
         method: Method::parse(parsed.method.unwrap_or("")),
@@ -161,12 +192,11 @@ fn build_request(parsed: &httparse::Request, peer: SocketAddr) -> Result<Request
 }
 
 /// Decides the body framing (RFC 9112 §6.3), rejecting every ambiguous combination.
-fn body_framing(headers: &[(String, String)], minor_version: u8) -> Result<BodyFraming, ApiError> {
+fn body_framing(headers: &Headers, minor_version: u8) -> Result<BodyFraming, ApiError> {
     let transfer_codings = header_tokens(headers, "transfer-encoding");
     let lengths: Vec<&str> = headers
-        .iter()
-        .filter(|(n, _)| n == "content-length")
-        .flat_map(|(_, v)| v.split(','))
+        .values("content-length")
+        .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
 
@@ -200,8 +230,8 @@ fn body_framing(headers: &[(String, String)], minor_version: u8) -> Result<BodyF
 }
 
 /// Checks that an HTTP/1.1 request has exactly one valid `Host` (RFC 9112 §3.2).
-fn check_host(headers: &[(String, String)]) -> Result<(), ApiError> {
-    let mut hosts = headers.iter().filter(|(n, _)| n == "host").map(|(_, v)| v.trim());
+fn check_host(headers: &Headers) -> Result<(), ApiError> {
+    let mut hosts = headers.values("host").map(str::trim);
     let (Some(host), None) = (hosts.next(), hosts.next()) else {
         return Err(ApiError::BadRequest("an HTTP/1.1 request needs exactly one Host header".into()));
     };
@@ -221,14 +251,18 @@ fn parse_content_length(value: &str) -> Option<u64> {
 }
 
 /// The comma-separated tokens of every instance of a header, trimmed and lowercased.
-fn header_tokens(headers: &[(String, String)], name: &str) -> Vec<String> {
+fn header_tokens(headers: &Headers, name: &str) -> Vec<String> {
     headers
-        .iter()
-        .filter(|(n, _)| n == name)
-        .flat_map(|(_, v)| v.split(','))
+        .values(name)
+        .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect()
+}
+
+/// Whether any instance of a header lists `token`, in any case.
+fn has_token(headers: &Headers, name: &str, token: &str) -> bool {
+    headers.values(name).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
