@@ -75,8 +75,11 @@ fn check_request_fields(request: &Request) {
         request.path(),
         request.target
     );
-    for (name, _) in &request.headers {
-        assert_eq!(*name, name.to_ascii_lowercase(), "header name {name:?} is not lowercase");
+    for (name, value) in request.headers.iter() {
+        assert!(!name.is_empty(), "empty header name accepted");
+        let first = request.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+        assert_eq!(request.header(&name.to_ascii_uppercase()), first, "lookup of {name:?} ignores case");
+        assert!(request.headers.values(name).any(|v| v == value), "value of {name:?} not found by name");
     }
 
     if request.minor_version == 1 {
@@ -108,7 +111,7 @@ fn check_body_framing(request: &Request) {
         BodyFraming::Length(length) => {
             assert!(length > 0, "Length(0) framing instead of Empty");
             assert_eq!(transfer_encodings, 0, "Content-Length framing beside Transfer-Encoding");
-            for (_, value) in request.headers.iter().filter(|(name, _)| name == "content-length") {
+            for (_, value) in request.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("content-length")) {
                 for item in value.split(',') {
                     assert_eq!(
                         item.trim().parse::<u64>().ok(),
@@ -125,7 +128,7 @@ fn check_body_framing(request: &Request) {
 }
 
 fn count_headers(request: &Request, name: &str) -> usize {
-    request.headers.iter().filter(|(header, _)| header == name).count()
+    request.headers.iter().filter(|(header, _)| header.eq_ignore_ascii_case(name)).count()
 }
 
 /// Returns the non-empty, trimmed, lowercased comma-separated items of every `name` header.
@@ -133,7 +136,7 @@ fn header_tokens<'a>(request: &'a Request, name: &'a str) -> impl Iterator<Item 
     request
         .headers
         .iter()
-        .filter(move |(header, _)| header == name)
+        .filter(move |(header, _)| header.eq_ignore_ascii_case(name))
         .flat_map(|(_, value)| value.split(','))
         .map(|token| token.trim().to_ascii_lowercase())
         .filter(|token| !token.is_empty())

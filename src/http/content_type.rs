@@ -312,6 +312,8 @@ mod tests {
         assert_eq!(from_extension("movie"), None);
         assert_eq!(from_extension("movie."), None);
         assert_eq!(from_extension("movie.exe"), None);
+        assert_eq!(from_extension("movie.mp4mp4"), None);
+        assert_eq!(from_extension("movie.\u{e9}mp"), None);
         assert_eq!(from_extension(""), None);
     }
 

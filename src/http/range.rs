@@ -83,9 +83,14 @@ pub fn evaluate_range(header: Option<&str>, size: u64, max_ranges: usize) -> Ran
     let Some(header) = header else {
         return RangeOutcome::Full;
     };
-    if let Some(outcome) = evaluate_single(header, size, max_ranges) {
-        return outcome;
+    match evaluate_single(header, size, max_ranges) {
+        Some(outcome) => outcome,
+        None => evaluate_list(header, size, max_ranges),
     }
+}
+
+/// The general path: any number of specs, checked against the abuse limits, then merged.
+fn evaluate_list(header: &str, size: u64, max_ranges: usize) -> RangeOutcome {
     let Some(specs) = parse_range_header(header) else {
         return RangeOutcome::Full;
     };
@@ -245,6 +250,23 @@ mod tests {
                 .map(|&(start, end)| ByteRange { start, end })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn single_spec_shortcut_agrees_with_the_general_path() {
+        let specs = ["0-0", "0-9", "5-", "9-", "10-", "-0", "-1", "-15", " 3 - 4 ", "5-4", "A-", "", "1", "-", "0-18446744073709551615"];
+        for spec in specs {
+            for unit in ["bytes=", "BYTES=", " bytes = ", "items="] {
+                let header = format!("{unit}{spec}");
+                for size in [0, 1, 10, u64::MAX] {
+                    for max_ranges in [0, 1, MAX] {
+                        if let Some(quick) = evaluate_single(&header, size, max_ranges) {
+                            assert_eq!(quick, evaluate_list(&header, size, max_ranges), "{header:?}, size {size}, max {max_ranges}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -275,14 +275,6 @@ impl JobQueue {
                 }
             }
 
-            // Another runnable thread, such as a worker finishing a response or a client on this
-            // machine, often produces the next event at once. Letting it run first can save this
-            // worker a sleep and a wake-up.
-            std::thread::yield_now();
-            if let Some(token) = self.poll_epoll(0) {
-                return token;
-            }
-
             self.inner.waiting.fetch_add(1, Ordering::Relaxed);
             let event = self.poll_epoll(-1);
             self.inner.waiting.fetch_sub(1, Ordering::Relaxed);

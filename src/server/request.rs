@@ -5,6 +5,7 @@
 //! coding) is rejected, because a server that guesses there can be made to read a body as the
 //! next request.
 
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 
 use crate::api::ApiError;
@@ -119,6 +120,16 @@ impl Headers {
         headers
     }
 
+    /// The number of fields.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// True when the request has no header fields.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
     /// Every field as a name and a value, in the order they were sent.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         let starts = std::iter::once(0).chain(self.fields.iter().map(|&(_, value_end)| value_end));
@@ -147,10 +158,12 @@ pub enum ParseOutcome {
 
 /// Parses a request head from the start of `buffer`.
 pub fn parse_head(buffer: &[u8], peer: SocketAddr) -> ParseOutcome {
-    let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut header_slots);
+    // Left uninitialised: httparse writes each slot it uses, and filling all of them first
+    // would cost more than the parse of a typical head.
+    let mut header_slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
 
-    let head_len = match parsed.parse(buffer) {
+    let head_len = match parsed.parse_with_uninit_headers(buffer, &mut header_slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return ParseOutcome::Partial,
         Err(httparse::Error::TooManyHeaders) => return ParseOutcome::Invalid(ApiError::HeadersTooLarge),
@@ -377,6 +390,28 @@ mod tests {
         assert!(parse("GET / HTTP/1.1\r\nHost: a b\r\n\r\n").is_err());
         assert!(parse("GET / HTTP/1.1\r\nHost: [::1]:9000\r\n\r\n").is_ok());
         assert!(parse("GET / HTTP/1.0\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn headers_keep_order_and_match_names_in_any_case() {
+        let r = parse("GET / HTTP/1.1\r\nHost: h\r\nX-Tag: a\r\nx-tag: b\r\nRange: bytes=0-1\r\n\r\n").unwrap();
+
+        let fields: Vec<(&str, &str)> = r.headers.iter().collect();
+        assert_eq!(fields, [("Host", "h"), ("X-Tag", "a"), ("x-tag", "b"), ("Range", "bytes=0-1")]);
+        assert_eq!(r.header("RANGE"), Some("bytes=0-1"));
+        assert_eq!(r.header("x-TAG"), Some("a"));
+        assert_eq!(r.headers.values("X-tag").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(r.header("missing"), None);
+        assert_eq!(r.headers.len(), 4);
+    }
+
+    #[test]
+    fn header_values_decode_invalid_utf8_lossily() {
+        let r = parse_head(b"GET / HTTP/1.1\r\nHost: h\r\nX-Name: caf\xe9!\r\nEmpty:\r\n\r\n", peer());
+        let ParseOutcome::Complete(r, _) = r else { panic!("{r:?}") };
+
+        assert_eq!(r.header("x-name"), Some("caf\u{fffd}!"));
+        assert_eq!(r.header("empty"), Some(""));
     }
 
     #[test]

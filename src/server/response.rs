@@ -70,7 +70,7 @@ impl Response {
     /// start a new header line.
     pub fn header(&mut self, name: &'static str, value: impl Into<Cow<'static, str>>) {
         let mut value = value.into();
-        if value.contains(['\r', '\n']) {
+        if value.bytes().any(|b| b == b'\r' || b == b'\n') {
             log::warn!("header {name} held a line break; replaced it with a space");
             value = Cow::Owned(value.replace(['\r', '\n'], " "));
         }

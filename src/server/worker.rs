@@ -196,7 +196,7 @@ enum Next {
 /// Serves one request: token, handler, response, access log.
 fn serve_request(conn: &mut Connection, request: Request, shared: &Shared) -> Next {
     let app = &*shared.app;
-    let started = Instant::now();
+    let started = log::log_enabled!(target: "streamserver::access", log::Level::Info).then(Instant::now);
     let peer = conn.peer;
     let mut body = BodyReader::new(conn, request.body, request.expect_continue);
 
@@ -296,7 +296,11 @@ fn run_handler(app: &App, request: &Request, body: &mut BodyReader) -> (Response
     }
 }
 
-fn log_access(request: &Request, status: u16, bytes: u64, cut_off: bool, started: Instant) {
+/// `started` is `None` when access lines are filtered out, which saves reading the clock.
+fn log_access(request: &Request, status: u16, bytes: u64, cut_off: bool, started: Option<Instant>) {
+    let Some(started) = started else {
+        return;
+    };
     log::info!(
         target: "streamserver::access",
         "{} \"{} {}\" {} {} {}ms{}",
