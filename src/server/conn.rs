@@ -7,8 +7,11 @@
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use crate::server::queue::Registration;
 
 /// The longest request head accepted; a longer one is answered 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -25,14 +28,15 @@ pub struct Connection {
     start: usize,
     end: usize,
     open_count: Arc<AtomicUsize>,
-    /// Registered with the workers' epoll instance ([`crate::server::queue`]).
-    pub watched_by_workers: bool,
+    /// Set while the socket is registered with the workers' epoll instance
+    /// ([`crate::server::queue`]).
+    pub registration: Option<Registration>,
 }
 
 impl Connection {
     /// Wraps an accepted socket; `open_count` was already incremented for it.
     pub fn new(stream: TcpStream, peer: SocketAddr, open_count: Arc<AtomicUsize>) -> Connection {
-        Connection { stream, peer, buffer: Vec::new(), start: 0, end: 0, open_count, watched_by_workers: false }
+        Connection { stream, peer, buffer: Vec::new(), start: 0, end: 0, open_count, registration: None }
     }
 
     /// The bytes read from the socket and not yet consumed.
@@ -63,6 +67,16 @@ impl Connection {
     /// Returns the number read: 0 means end of stream, or a full buffer when
     /// [`Connection::buffer_full`] is true.
     pub fn fill(&mut self) -> io::Result<usize> {
+        self.fill_with(|stream, free| stream.read(free))
+    }
+
+    /// Like [`Connection::fill`], but fails with `WouldBlock` instead of waiting when no bytes
+    /// have arrived, whatever the socket's mode.
+    pub fn try_fill(&mut self) -> io::Result<usize> {
+        self.fill_with(recv_now)
+    }
+
+    fn fill_with(&mut self, read: impl FnOnce(&mut TcpStream, &mut [u8]) -> io::Result<usize>) -> io::Result<usize> {
         self.compact();
         if self.end >= MAX_HEAD_BYTES {
             return Ok(0);
@@ -72,11 +86,17 @@ impl Connection {
             self.buffer.resize(grown, 0);
         }
 
-        let result = self.stream.read(&mut self.buffer[self.end..]);
-        if let Ok(n) = result {
-            self.end += n;
+        let n = read(&mut self.stream, &mut self.buffer[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Takes the socket out of the workers' epoll instance, before the connection goes to the
+    /// poller or a worker reads a request body from it.
+    pub fn leave_workers(&mut self) {
+        if let Some(registration) = self.registration.take() {
+            registration.release(self.stream.as_raw_fd());
         }
-        result
     }
 
     /// True when the buffer holds [`MAX_HEAD_BYTES`] unconsumed bytes.
@@ -111,8 +131,21 @@ impl Connection {
     }
 }
 
+/// One `recv` with `MSG_DONTWAIT`.
+fn recv_now(stream: &mut TcpStream, free: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the socket is open and `free` is a writable buffer of the given length.
+    let n = unsafe { libc::recv(stream.as_raw_fd(), free.as_mut_ptr().cast(), free.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
+        if let Some(registration) = self.registration.take() {
+            registration.forget();
+        }
         self.open_count.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -59,7 +59,8 @@ pub struct PollerHandle {
 }
 
 impl PollerHandle {
-    pub fn park(&self, conn: Connection, park: Park) {
+    pub fn park(&self, mut conn: Connection, park: Park) {
+        conn.leave_workers();
         if self.inbound.send((conn, park)).is_ok() {
             if let Err(e) = self.waker.wake() {
                 log::error!("cannot wake the poller: {e}");

@@ -2,14 +2,20 @@
 //! response a worker has just sent.
 //!
 //! The workers share one epoll instance. It watches an eventfd that counts the jobs the poller
-//! queued, and each connection whose response was sent a moment ago, in one-shot mode so that exactly
-//! one worker takes it when its next request arrives. A worker that finishes a response thus
-//! picks up the next ready request of any connection without sleeping, as an event loop does.
-//! A client that sends its next request at once costs no trip through the poller. The poller takes back connections watched here for longer than
-//! [`WATCH_WINDOW`], so idle connections fall under its timeouts as before.
+//! queued, and each connection whose response was sent a moment ago, so that one worker takes
+//! it when its next request arrives. A worker that finishes a response thus picks up the next
+//! ready request of any connection without sleeping, as an event loop does. A client that
+//! sends its next request at once costs no trip through the poller. The poller takes back
+//! connections watched here for longer than [`WATCH_WINDOW`], so idle connections fall under
+//! its timeouts as before.
 //!
-//! Each watched connection sits in a slot with a generation number, and its epoll event
-//! carries both: a stale event for a connection already taken back is recognised and dropped.
+//! A connection is registered once, edge-triggered, and stays registered while it moves
+//! between workers, so watching it again after each response costs no system call. It keeps
+//! one slot, with a generation number, for that whole time, and its events carry both. An
+//! event finds the slot in one of two states: the connection is parked there, and the worker
+//! takes it; or a worker is serving it, and the event only marks that bytes arrived, so that
+//! worker reads them at once instead of parking the connection. A stale event, for a
+//! connection that left the workers, has an old generation and is dropped.
 //!
 //! Idle workers do not all wait in epoll: the kernel wakes a waiting worker for every event,
 //! even when a busy worker would take it a few microseconds later without sleeping. So an idle
@@ -22,7 +28,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::server::conn::Connection;
@@ -50,21 +56,60 @@ const CLOSED_SIGNAL: u64 = 1 << 40;
 pub enum Work {
     /// A request the poller parsed, with its connection in non-blocking mode.
     Request(Job),
-    /// A watched connection that became readable; its socket is still in blocking mode.
+    /// A watched connection that became readable, as far as its event tells: the bytes may
+    /// already have been read. Its socket is still in blocking mode.
     Readable(Connection),
 }
 
-struct Watched {
-    conn: Connection,
+/// A connection's place in the workers' epoll instance, from its first watch until it leaves
+/// the workers. Dropping the connection frees the slot; the kernel drops the registration
+/// when the socket closes.
+pub struct Registration {
+    queue: Weak<Inner>,
+    slot: usize,
     generation: u32,
-    since: Instant,
+}
+
+impl Registration {
+    /// Removes the socket from the workers' epoll instance and frees the slot.
+    pub fn release(self, fd: RawFd) {
+        if let Some(inner) = self.queue.upgrade() {
+            let queue = JobQueue { inner };
+            let _ = queue.control(libc::EPOLL_CTL_DEL, fd, 0, 0);
+            queue.free(self.slot, self.generation);
+        }
+    }
+
+    /// Frees the slot of a connection that is closing.
+    pub fn forget(self) {
+        if let Some(inner) = self.queue.upgrade() {
+            JobQueue { inner }.free(self.slot, self.generation);
+        }
+    }
+}
+
+/// What a registered connection's slot holds.
+#[derive(Default)]
+enum Occupant {
+    #[default]
+    Free,
+    /// Waiting for its next request.
+    Parked { conn: Connection, since: Instant },
+    /// Being served by a worker; `arrived` is set when an event came meanwhile.
+    Out { arrived: bool },
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    occupant: Occupant,
 }
 
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
     closed: bool,
-    watched: Vec<Option<Watched>>,
+    slots: Vec<Slot>,
     free_slots: Vec<usize>,
     generation: u32,
 }
@@ -145,28 +190,58 @@ impl JobQueue {
 
     /// Watches a connection whose response is complete and whose buffer is empty, so the
     /// first worker free when its next request arrives serves it. The socket stays blocking.
-    pub fn watch(&self, mut conn: Connection) {
-        let fd = conn.stream.as_raw_fd();
-        let was_registered = std::mem::replace(&mut conn.watched_by_workers, true);
+    /// Returns the connection instead when bytes arrived for it while it was being served:
+    /// the caller reads them without blocking, and watches it again if there were none.
+    pub fn watch(&self, conn: Connection) -> Option<Connection> {
+        match conn.registration.as_ref().map(|r| (r.slot, r.generation)) {
+            Some((slot, generation)) => self.park(conn, slot, generation),
+            None => {
+                self.register(conn);
+                None
+            }
+        }
+    }
 
+    /// Parks a registered connection in its slot, unless an event came while it was out.
+    fn park(&self, conn: Connection, slot: usize, generation: u32) -> Option<Connection> {
+        let mut state = self.lock();
+        let closed = state.closed;
+        let Some(entry) = state.slots.get_mut(slot).filter(|e| e.generation == generation && !closed) else {
+            drop(state);
+            return None;
+        };
+        if matches!(entry.occupant, Occupant::Out { arrived: true }) {
+            entry.occupant = Occupant::Out { arrived: false };
+            return Some(conn);
+        }
+        entry.occupant = Occupant::Parked { conn, since: Instant::now() };
+        None
+    }
+
+    /// Gives a connection a slot and registers it, edge-triggered, for the rest of its time
+    /// with the workers.
+    fn register(&self, mut conn: Connection) {
+        let fd = conn.stream.as_raw_fd();
         let mut state = self.lock();
         if state.closed {
+            drop(state);
             return;
         }
         let slot = state.free_slots.pop().unwrap_or_else(|| {
-            state.watched.push(None);
-            state.watched.len() - 1
+            state.slots.push(Slot::default());
+            state.slots.len() - 1
         });
         state.generation = state.generation.wrapping_add(1);
         let generation = state.generation;
-        state.watched[slot] = Some(Watched { conn, generation, since: Instant::now() });
+        conn.registration = Some(Registration { queue: Arc::downgrade(&self.inner), slot, generation });
+        state.slots[slot] = Slot { generation, occupant: Occupant::Parked { conn, since: Instant::now() } };
         drop(state);
 
-        // The event can fire as soon as the connection is armed, so it is armed last.
+        // The event can fire as soon as the socket is registered, so that comes last.
         let token = (u64::from(generation) << 32) | slot as u64;
-        if let Err(e) = self.arm(fd, token, was_registered) {
-            if let Some(watched) = self.take(slot, generation) {
-                log::error!("cannot watch the connection from {} for its next request: {e}; closing it", watched.peer);
+        if let Err(e) = self.add(fd, token) {
+            if let Some(conn) = self.take(slot, generation) {
+                log::error!("cannot watch the connection from {} for its next request: {e}; closing it", conn.peer);
             }
         }
     }
@@ -218,24 +293,26 @@ impl JobQueue {
         }
     }
 
-    /// Takes back the connections watched for longer than [`WATCH_WINDOW`], disarmed.
+    /// Takes back the connections parked for longer than [`WATCH_WINDOW`], unregistered.
     pub fn take_expired(&self) -> Vec<Connection> {
         let now = Instant::now();
         let mut expired = Vec::new();
         let mut state = self.lock();
-        for slot in 0..state.watched.len() {
-            let due = state.watched[slot].as_ref().is_some_and(|w| now.duration_since(w.since) >= WATCH_WINDOW);
+        for slot in 0..state.slots.len() {
+            let entry = &mut state.slots[slot];
+            let due = matches!(&entry.occupant, Occupant::Parked { since, .. } if now.duration_since(*since) >= WATCH_WINDOW);
             if due {
-                if let Some(watched) = state.watched[slot].take() {
+                if let Occupant::Parked { mut conn, .. } = std::mem::take(&mut entry.occupant) {
+                    conn.registration = None;
                     state.free_slots.push(slot);
-                    expired.push(watched.conn);
+                    expired.push(conn);
                 }
             }
         }
         drop(state);
 
-        for conn in &mut expired {
-            self.disarm(conn);
+        for conn in &expired {
+            let _ = self.control(libc::EPOLL_CTL_DEL, conn.stream.as_raw_fd(), 0, 0);
         }
         expired
     }
@@ -245,10 +322,16 @@ impl JobQueue {
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        let watched: Vec<Watched> = state.watched.iter_mut().filter_map(Option::take).collect();
+        let mut parked = Vec::new();
+        for entry in &mut state.slots {
+            if let Occupant::Parked { mut conn, .. } = std::mem::take(&mut entry.occupant) {
+                conn.registration = None;
+                parked.push(conn);
+            }
+        }
         drop(state);
 
-        drop(watched);
+        drop(parked);
         self.signal_jobs(CLOSED_SIGNAL);
         self.inner.bench_call.notify_all();
     }
@@ -371,33 +454,45 @@ impl JobQueue {
         }
     }
 
-    /// Removes a watched connection if the slot still has the given generation.
+    /// Handles an event for a slot: takes the connection parked there, or, while a worker
+    /// serves it, notes that bytes arrived. Events with an old generation are dropped.
     fn take(&self, slot: usize, generation: u32) -> Option<Connection> {
         let mut state = self.lock();
-        let entry = state.watched.get_mut(slot)?;
-        if entry.as_ref()?.generation != generation {
-            return None;
+        let entry = state.slots.get_mut(slot).filter(|e| e.generation == generation)?;
+        match std::mem::replace(&mut entry.occupant, Occupant::Out { arrived: false }) {
+            Occupant::Parked { conn, .. } => Some(conn),
+            Occupant::Out { .. } => {
+                entry.occupant = Occupant::Out { arrived: true };
+                None
+            }
+            Occupant::Free => {
+                entry.occupant = Occupant::Free;
+                None
+            }
         }
-        let watched = entry.take()?;
-        state.free_slots.push(slot);
-        Some(watched.conn)
     }
 
-    /// Arms one read event for the socket, registering it on its first watch.
-    fn arm(&self, fd: RawFd, token: u64, registered: bool) -> io::Result<()> {
-        let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
-        let first = if registered { libc::EPOLL_CTL_MOD } else { libc::EPOLL_CTL_ADD };
-        match self.control(first, fd, events, token) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.control(libc::EPOLL_CTL_ADD, fd, events, token),
+    /// Frees a slot whose connection left the workers or closed.
+    fn free(&self, slot: usize, generation: u32) {
+        let mut state = self.lock();
+        let Some(entry) = state.slots.get_mut(slot).filter(|e| e.generation == generation) else {
+            return;
+        };
+        if !matches!(entry.occupant, Occupant::Free) {
+            let occupant = std::mem::take(&mut entry.occupant);
+            state.free_slots.push(slot);
+            drop(state);
+            drop(occupant);
+        }
+    }
+
+    /// Registers the socket for read events, edge-triggered. A socket left registered by a
+    /// failed removal is updated instead.
+    fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        match self.control(libc::EPOLL_CTL_ADD, fd, events, token) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.control(libc::EPOLL_CTL_MOD, fd, events, token),
             other => other,
-        }
-    }
-
-    /// Removes the socket from the workers' epoll instance.
-    fn disarm(&self, conn: &mut Connection) {
-        if std::mem::replace(&mut conn.watched_by_workers, false) {
-            let _ = self.control(libc::EPOLL_CTL_DEL, conn.stream.as_raw_fd(), 0, 0);
         }
     }
 
@@ -488,13 +583,67 @@ mod tests {
         let queue = JobQueue::new(1).unwrap();
         let (conn, mut client) = pair();
         let peer = conn.peer;
-        queue.watch(conn);
+        assert!(queue.watch(conn).is_none());
 
         client.write_all(b"GET").unwrap();
         let (work, _busy) = queue.next().unwrap();
         let Work::Readable(conn) = work else { panic!("expected the watched connection") };
         assert_eq!(conn.peer, peer);
-        assert!(conn.watched_by_workers);
+        assert!(conn.registration.is_some());
+    }
+
+    #[test]
+    fn bytes_arriving_while_served_are_reported_at_the_next_watch() {
+        let queue = JobQueue::new(1).unwrap();
+        let (conn, mut client) = pair();
+        assert!(queue.watch(conn).is_none());
+        client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        let (Work::Readable(mut conn), _busy) = queue.next().unwrap() else { panic!("expected the connection") };
+        conn.try_fill().unwrap();
+
+        // The worker is still serving it when more bytes come: the event only marks them.
+        client.write_all(b"Host: t\r\n\r\n").unwrap();
+        let token = queue.poll_epoll(5000).expect("an event for the new bytes");
+        assert!(queue.take((token & 0xffff_ffff) as usize, (token >> 32) as u32).is_none());
+
+        let mut conn = queue.watch(conn).expect("the bytes that arrived are reported");
+        assert!(conn.try_fill().unwrap() > 0);
+        assert!(queue.watch(conn).is_none(), "with nothing new, the connection is parked");
+        assert!(queue.poll_epoll(0).is_none(), "parking again costs no new event");
+    }
+
+    #[test]
+    fn parked_again_connection_wakes_a_worker_with_new_bytes() {
+        let queue = JobQueue::new(1).unwrap();
+        let (conn, mut client) = pair();
+        assert!(queue.watch(conn).is_none());
+        for round in 0..3 {
+            client.write_all(b"x").unwrap();
+            let (Work::Readable(mut conn), _busy) = queue.next().unwrap() else { panic!("round {round}") };
+            assert_eq!(conn.try_fill().unwrap(), 1);
+            conn.consume(1);
+            assert!(queue.watch(conn).is_none());
+        }
+    }
+
+    #[test]
+    fn closing_or_leaving_frees_the_slot() {
+        let queue = JobQueue::new(1).unwrap();
+        let (conn, mut client) = pair();
+        assert!(queue.watch(conn).is_none());
+        client.write_all(b"x").unwrap();
+        let (Work::Readable(conn), _busy) = queue.next().unwrap() else { panic!("expected the connection") };
+        drop(conn);
+        assert_eq!(queue.lock().free_slots, [0], "a closed connection frees its slot");
+
+        let (conn, mut client) = pair();
+        assert!(queue.watch(conn).is_none());
+        client.write_all(b"x").unwrap();
+        let (Work::Readable(mut conn), _busy) = queue.next().unwrap() else { panic!("expected the connection") };
+        conn.leave_workers();
+        assert_eq!(queue.lock().free_slots, [0], "a connection leaving the workers frees its slot");
+        client.write_all(b"y").unwrap();
+        assert!(queue.poll_epoll(50).is_none(), "a connection that left raises no event");
     }
 
     #[test]
@@ -507,7 +656,7 @@ mod tests {
         std::thread::sleep(WATCH_WINDOW);
         let expired = queue.take_expired();
         assert_eq!(expired.len(), 1);
-        assert!(!expired[0].watched_by_workers, "a connection taken back is no longer registered");
+        assert!(expired[0].registration.is_none(), "a connection taken back is no longer registered");
 
         // Bytes for the taken-back connection wake no worker; a job still does.
         client.write_all(b"GET").unwrap();

@@ -120,28 +120,38 @@ fn serve_job(job: Job, shared: &Shared) {
 }
 
 /// Reads the next request of a watched connection that became readable, and serves it.
-fn serve_readable(mut conn: Connection, shared: &Shared) {
-    let filled = loop {
-        match conn.fill() {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => break other,
-        }
-    };
-    match filled {
-        Ok(0) => return,
-        Ok(_) => {}
-        Err(e) => {
-            log::debug!("closing connection from {}: reading its next request failed: {e}", conn.peer);
-            return;
+fn serve_readable(conn: Connection, shared: &Shared) {
+    if let Some((conn, request)) = read_next_head(conn, shared) {
+        serve_connection(conn, request, shared);
+    }
+}
+
+/// Reads the head of a keep-alive connection's next request without waiting: when no bytes
+/// have arrived (an event can outlive the bytes it announced), the connection is watched
+/// again. A head that is not complete in what arrived goes to the poller.
+fn read_next_head(mut conn: Connection, shared: &Shared) -> Option<(Connection, Request)> {
+    loop {
+        match conn.try_fill() {
+            Ok(0) => return None,
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn = shared.jobs.watch(conn)?,
+            Err(e) => {
+                log::debug!("closing connection from {}: reading its next request failed: {e}", conn.peer);
+                return None;
+            }
         }
     }
 
     match parse_head(conn.buffered(), conn.peer) {
         ParseOutcome::Complete(request, head_len) => {
             conn.consume(head_len);
-            serve_connection(conn, request, shared);
+            Some((conn, request))
         }
-        ParseOutcome::Partial | ParseOutcome::Invalid(_) => park_for_head(conn, &shared.poller),
+        ParseOutcome::Partial | ParseOutcome::Invalid(_) => {
+            park_for_head(conn, &shared.poller);
+            None
+        }
     }
 }
 
@@ -161,8 +171,17 @@ fn serve_connection(mut conn: Connection, mut request: Request, shared: &Shared)
         }
 
         if conn.buffered().is_empty() {
-            shared.jobs.watch(conn);
-            return;
+            // Bytes that arrived while this worker was busy are read now; otherwise the
+            // connection waits, watched, for any worker.
+            let arrived = shared.jobs.watch(conn);
+            match arrived.and_then(|conn| read_next_head(conn, shared)) {
+                Some((next_conn, next)) => {
+                    conn = next_conn;
+                    request = next;
+                    continue;
+                }
+                None => return,
+            }
         }
         match parse_head(conn.buffered(), conn.peer) {
             ParseOutcome::Complete(next, head_len) => {
@@ -196,6 +215,10 @@ enum Next {
 /// Serves one request: token, handler, response, access log.
 fn serve_request(conn: &mut Connection, request: Request, shared: &Shared) -> Next {
     let app = &*shared.app;
+    if request.body != BodyFraming::Empty {
+        // Every packet of a body would otherwise wake a worker waiting in epoll.
+        conn.leave_workers();
+    }
     let started = log::log_enabled!(target: "streamserver::access", log::Level::Info).then(Instant::now);
     let peer = conn.peer;
     let mut body = BodyReader::new(conn, request.body, request.expect_continue);
