@@ -5,6 +5,7 @@
 //! timing does not reveal how much of a guess was right.
 
 use crate::api::ApiError;
+use crate::http::trim_ows;
 use crate::config::{Config, Secret};
 use crate::server::request::Request;
 
@@ -17,7 +18,7 @@ pub fn require_upload_token(config: &Config, request: &Request) -> Result<(), Ap
         .header("authorization")
         .and_then(|value| value.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
+        .map(|(_, token)| trim_ows(token));
 
     match presented {
         Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),

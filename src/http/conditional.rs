@@ -29,6 +29,8 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::trim_ows;
+
 /// The current validators of the selected representation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Validators {
@@ -170,10 +172,6 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
 /// header is absent or blank.
 fn non_empty(value: Option<&str>) -> Option<&str> {
     value.map(trim_ows).filter(|value| !value.is_empty())
-}
-
-fn trim_ows(text: &str) -> &str {
-    text.trim_matches([' ', '\t'])
 }
 
 /// Whole seconds since the Unix epoch, with earlier times counted as 0.

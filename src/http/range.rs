@@ -10,6 +10,8 @@
 //! headers with 416 instead.
 use std::fmt::Write as _;
 
+use super::trim_ows;
+
 
 /// A satisfiable byte range with an inclusive `end`, already clamped to the
 /// representation, so `start <= end < size`.
@@ -225,11 +227,6 @@ fn merge(mut ranges: Vec<ByteRange>) -> Vec<ByteRange> {
         }
     }
     merged
-}
-
-/// Trims optional whitespace (space and horizontal tab) from both ends.
-fn trim_ows(text: &str) -> &str {
-    text.trim_matches([' ', '\t'])
 }
 
 #[cfg(test)]

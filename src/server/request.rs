@@ -9,6 +9,7 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 
 use crate::api::ApiError;
+use crate::http::trim_ows;
 
 /// Maximum headers in one request; more get 431.
 pub const MAX_HEADERS: usize = 100;
@@ -190,7 +191,7 @@ fn build_request(parsed: &httparse::Request, peer: SocketAddr) -> Result<Request
         _ => !has_token(&headers, "connection", "close"),
     };
     let expect_continue = minor_version >= 1
-        && headers.values("expect").any(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+        && headers.values("expect").any(|v| trim_ows(v).eq_ignore_ascii_case("100-continue"));
 
     Ok(Request {
         method: Method::parse(parsed.method.unwrap_or("")),
@@ -210,7 +211,7 @@ fn body_framing(headers: &Headers, minor_version: u8) -> Result<BodyFraming, Api
     let lengths: Vec<&str> = headers
         .values("content-length")
         .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .map(trim_ows)
         .collect();
 
     if !transfer_codings.is_empty() {
@@ -244,7 +245,7 @@ fn body_framing(headers: &Headers, minor_version: u8) -> Result<BodyFraming, Api
 
 /// Checks that an HTTP/1.1 request has exactly one valid `Host` (RFC 9112 §3.2).
 fn check_host(headers: &Headers) -> Result<(), ApiError> {
-    let mut hosts = headers.values("host").map(str::trim);
+    let mut hosts = headers.values("host").map(trim_ows);
     let (Some(host), None) = (hosts.next(), hosts.next()) else {
         return Err(ApiError::BadRequest("an HTTP/1.1 request needs exactly one Host header".into()));
     };
@@ -268,14 +269,14 @@ fn header_tokens(headers: &Headers, name: &str) -> Vec<String> {
     headers
         .values(name)
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .map(|t| trim_ows(t).to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect()
 }
 
 /// Whether any instance of a header lists `token`, in any case.
 fn has_token(headers: &Headers, name: &str, token: &str) -> bool {
-    headers.values(name).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers.values(name).flat_map(|v| v.split(',')).any(|t| trim_ows(t).eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
@@ -412,6 +413,21 @@ mod tests {
 
         assert_eq!(r.header("x-name"), Some("caf\u{fffd}!"));
         assert_eq!(r.header("empty"), Some(""));
+    }
+
+    #[test]
+    fn only_space_and_tab_count_as_whitespace_in_framing_headers() {
+        let nbsp = "\u{a0}";
+        let length = parse(&format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5{nbsp}\r\n\r\n")).unwrap_err();
+        assert_eq!(length.status(), 400);
+        let coding = parse(&format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked{nbsp}\r\n\r\n")).unwrap_err();
+        assert_eq!(coding.status(), 501);
+        assert!(parse(&format!("GET / HTTP/1.1\r\nHost: h{nbsp}\r\n\r\n")).is_err());
+        assert!(parse(&format!("GET / HTTP/1.1\r\nHost: h\r\nConnection: close{nbsp}\r\n\r\n")).unwrap().keep_alive);
+
+        let tabs = parse("POST / HTTP/1.1\r\nHost: \th\t\r\nContent-Length: \t5\t\r\nConnection: \tclose\r\n\r\n").unwrap();
+        assert_eq!(tabs.body, BodyFraming::Length(5));
+        assert!(!tabs.keep_alive);
     }
 
     #[test]
