@@ -10,7 +10,9 @@
 //!   reading, other clients still get their responses at once;
 //! - when the busy workers change (a stalled client leaves, new ones arrive), every idle worker
 //!   still waits where new requests reach it;
-//! - a shutdown closes the connections the workers watch and the process exits.
+//! - a shutdown closes the connections the workers watch and the process exits;
+//! - a pipelined batch whose first read ends exactly on a request boundary, with more
+//!   requests still in the socket, is served without waiting for the poller.
 
 mod common;
 
@@ -152,4 +154,30 @@ fn shutdown_closes_watched_connections() {
     let mut rest = Vec::new();
     let n = stream.read_to_end(&mut rest).expect("an orderly close");
     assert_eq!(n, 0, "no bytes may follow the response: {:?}", String::from_utf8_lossy(&rest));
+}
+
+/// 256 pipelined requests of 64 bytes: the first read takes exactly the 8 KiB of the read
+/// buffer, which ends on a request boundary, and the rest waits in the socket with no new
+/// event to announce it. Stranded, they would wait for the poller to take the connection back
+/// after the 100 ms watch window, so the fastest of three batches must beat that window.
+#[test]
+fn pipelined_batch_ending_on_a_buffer_boundary_is_served_at_once() {
+    let server = TestServer::start(json!({}));
+    let head = "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: ";
+    let request = format!("{head}{}\r\n\r\n", "p".repeat(64 - head.len() - 4));
+    assert_eq!(request.len(), 64);
+
+    let mut fastest = Duration::MAX;
+    for _ in 0..3 {
+        let mut stream = server.connect();
+        get_healthz(&mut stream);
+        let started = Instant::now();
+        stream.write_all(request.repeat(256).as_bytes()).unwrap();
+        for i in 0..256 {
+            let response = read_response(&mut stream, false).expect("a complete response");
+            assert_eq!(response.status, 200, "response {i}: {}", response.text());
+        }
+        fastest = fastest.min(started.elapsed());
+    }
+    assert!(fastest < Duration::from_millis(90), "the fastest batch took {fastest:?}");
 }

@@ -28,6 +28,11 @@ pub struct Connection {
     start: usize,
     end: usize,
     open_count: Arc<AtomicUsize>,
+    /// The client's end of input was announced: no later event will report it.
+    pub input_ended: bool,
+    /// The last read filled the buffer, so more bytes may wait in the socket with no new
+    /// event to announce them.
+    pub filled_buffer: bool,
     /// Set while the socket is registered with the workers' epoll instance
     /// ([`crate::server::queue`]).
     pub registration: Option<Registration>,
@@ -36,7 +41,7 @@ pub struct Connection {
 impl Connection {
     /// Wraps an accepted socket; `open_count` was already incremented for it.
     pub fn new(stream: TcpStream, peer: SocketAddr, open_count: Arc<AtomicUsize>) -> Connection {
-        Connection { stream, peer, buffer: Vec::new(), start: 0, end: 0, open_count, registration: None }
+        Connection { stream, peer, buffer: Vec::new(), start: 0, end: 0, open_count, input_ended: false, filled_buffer: false, registration: None }
     }
 
     /// The bytes read from the socket and not yet consumed.
@@ -86,9 +91,12 @@ impl Connection {
             self.buffer.resize(grown, 0);
         }
 
-        let n = read(&mut self.stream, &mut self.buffer[self.end..])?;
+        let free = self.buffer.len() - self.end;
+        let result = read(&mut self.stream, &mut self.buffer[self.end..]);
+        let n = *result.as_ref().unwrap_or(&0);
+        self.filled_buffer = n == free;
         self.end += n;
-        Ok(n)
+        result
     }
 
     /// Takes the socket out of the workers' epoll instance, before the connection goes to the

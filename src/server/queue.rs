@@ -88,6 +88,17 @@ impl Registration {
     }
 }
 
+/// An event as `epoll_wait` returned it.
+#[derive(Clone, Copy)]
+struct Ready {
+    token: u64,
+    events: u32,
+}
+
+/// Event bits saying the client will send nothing more: after the bytes still unread comes the
+/// end of input, and no later edge announces it again.
+const INPUT_ENDED: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+
 /// What a registered connection's slot holds.
 #[derive(Default)]
 enum Occupant {
@@ -95,8 +106,8 @@ enum Occupant {
     Free,
     /// Waiting for its next request.
     Parked { conn: Connection, since: Instant },
-    /// Being served by a worker; `arrived` is set when an event came meanwhile.
-    Out { arrived: bool },
+    /// Being served by a worker; `arrived` holds the bits of the events that came meanwhile.
+    Out { arrived: u32 },
 }
 
 #[derive(Default)]
@@ -190,9 +201,14 @@ impl JobQueue {
 
     /// Watches a connection whose response is complete and whose buffer is empty, so the
     /// first worker free when its next request arrives serves it. The socket stays blocking.
-    /// Returns the connection instead when bytes arrived for it while it was being served:
-    /// the caller reads them without blocking, and watches it again if there were none.
+    /// Returns the connection instead when it may have input that no new event would announce:
+    /// bytes that arrived while it was being served, bytes a full buffer left in the socket, or
+    /// the end of input. The caller reads without blocking, and watches it again if there was
+    /// nothing.
     pub fn watch(&self, conn: Connection) -> Option<Connection> {
+        if conn.input_ended || conn.filled_buffer {
+            return Some(conn);
+        }
         match conn.registration.as_ref().map(|r| (r.slot, r.generation)) {
             Some((slot, generation)) => self.park(conn, slot, generation),
             None => {
@@ -203,16 +219,19 @@ impl JobQueue {
     }
 
     /// Parks a registered connection in its slot, unless an event came while it was out.
-    fn park(&self, conn: Connection, slot: usize, generation: u32) -> Option<Connection> {
+    fn park(&self, mut conn: Connection, slot: usize, generation: u32) -> Option<Connection> {
         let mut state = self.lock();
         let closed = state.closed;
         let Some(entry) = state.slots.get_mut(slot).filter(|e| e.generation == generation && !closed) else {
             drop(state);
             return None;
         };
-        if matches!(entry.occupant, Occupant::Out { arrived: true }) {
-            entry.occupant = Occupant::Out { arrived: false };
-            return Some(conn);
+        if let Occupant::Out { arrived } = entry.occupant {
+            if arrived != 0 {
+                entry.occupant = Occupant::Out { arrived: 0 };
+                conn.input_ended |= arrived & INPUT_ENDED != 0;
+                return Some(conn);
+            }
         }
         entry.occupant = Occupant::Parked { conn, since: Instant::now() };
         None
@@ -240,7 +259,7 @@ impl JobQueue {
         // The event can fire as soon as the socket is registered, so that comes last.
         let token = (u64::from(generation) << 32) | slot as u64;
         if let Err(e) = self.add(fd, token) {
-            if let Some(conn) = self.take(slot, generation) {
+            if let Some(conn) = self.take(slot, generation, 0) {
                 log::error!("cannot watch the connection from {} for its next request: {e}; closing it", conn.peer);
             }
         }
@@ -272,10 +291,10 @@ impl JobQueue {
 
     fn next_work(&self) -> Option<Work> {
         loop {
-            let token = self.wait_for_event();
-            if token != JOBS_SIGNAL {
-                let (slot, generation) = ((token & 0xffff_ffff) as usize, (token >> 32) as u32);
-                match self.take(slot, generation) {
+            let ready = self.wait_for_event();
+            if ready.token != JOBS_SIGNAL {
+                let (slot, generation) = ((ready.token & 0xffff_ffff) as usize, (ready.token >> 32) as u32);
+                match self.take(slot, generation, ready.events) {
                     Some(conn) => return Some(Work::Readable(conn)),
                     None => continue,
                 }
@@ -346,7 +365,7 @@ impl JobQueue {
 
     /// Blocks until an event arrives and returns its token: an event already pending is taken
     /// at once, and otherwise the worker sleeps in epoll or on the bench.
-    fn wait_for_event(&self) -> u64 {
+    fn wait_for_event(&self) -> Ready {
         loop {
             if let Some(token) = self.poll_epoll(0) {
                 return token;
@@ -371,7 +390,7 @@ impl JobQueue {
     /// busy worker took or fewer workers are busy: it looks [`BENCH_POLLS`] times, then waits
     /// in epoll. A worker called when the first one left becomes the first. Returns an event
     /// the first worker found.
-    fn sit_on_bench(&self) -> Option<u64> {
+    fn sit_on_bench(&self) -> Option<Ready> {
         let mut bench = self.bench();
         self.inner.sitting.fetch_add(1, Ordering::Relaxed);
         if bench.head_taken {
@@ -409,7 +428,7 @@ impl JobQueue {
     }
 
     /// Ends the first worker's turn on the bench and calls the next one to take it over.
-    fn leave_bench_head(&self, mut bench: MutexGuard<'_, Bench>, event: Option<u64>) -> Option<u64> {
+    fn leave_bench_head(&self, mut bench: MutexGuard<'_, Bench>, event: Option<Ready>) -> Option<Ready> {
         bench.head_taken = false;
         self.inner.sitting.fetch_sub(1, Ordering::Relaxed);
         let others = self.inner.sitting.load(Ordering::Relaxed) > 0;
@@ -421,12 +440,12 @@ impl JobQueue {
     }
 
     /// Waits in `epoll_wait` for one event, up to `timeout` milliseconds (-1: no limit).
-    fn poll_epoll(&self, timeout: libc::c_int) -> Option<u64> {
+    fn poll_epoll(&self, timeout: libc::c_int) -> Option<Ready> {
         let mut event = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: the epoll descriptor is open for the queue's lifetime; one event fits.
         let n = unsafe { libc::epoll_wait(self.inner.epoll.as_raw_fd(), &mut event, 1, timeout) };
         if n == 1 {
-            return Some(event.u64);
+            return Some(Ready { token: event.u64, events: event.events });
         }
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -455,14 +474,17 @@ impl JobQueue {
     }
 
     /// Handles an event for a slot: takes the connection parked there, or, while a worker
-    /// serves it, notes that bytes arrived. Events with an old generation are dropped.
-    fn take(&self, slot: usize, generation: u32) -> Option<Connection> {
+    /// serves it, notes what arrived. Events with an old generation are dropped.
+    fn take(&self, slot: usize, generation: u32, events: u32) -> Option<Connection> {
         let mut state = self.lock();
         let entry = state.slots.get_mut(slot).filter(|e| e.generation == generation)?;
-        match std::mem::replace(&mut entry.occupant, Occupant::Out { arrived: false }) {
-            Occupant::Parked { conn, .. } => Some(conn),
-            Occupant::Out { .. } => {
-                entry.occupant = Occupant::Out { arrived: true };
+        match std::mem::replace(&mut entry.occupant, Occupant::Out { arrived: 0 }) {
+            Occupant::Parked { mut conn, .. } => {
+                conn.input_ended |= events & INPUT_ENDED != 0;
+                Some(conn)
+            }
+            Occupant::Out { arrived } => {
+                entry.occupant = Occupant::Out { arrived: arrived | events | libc::EPOLLIN as u32 };
                 None
             }
             Occupant::Free => {
@@ -604,12 +626,44 @@ mod tests {
         // The worker is still serving it when more bytes come: the event only marks them.
         client.write_all(b"Host: t\r\n\r\n").unwrap();
         let token = queue.poll_epoll(5000).expect("an event for the new bytes");
-        assert!(queue.take((token & 0xffff_ffff) as usize, (token >> 32) as u32).is_none());
+        let (token, events) = (token.token, token.events);
+        assert!(queue.take((token & 0xffff_ffff) as usize, (token >> 32) as u32, events).is_none());
 
         let mut conn = queue.watch(conn).expect("the bytes that arrived are reported");
         assert!(conn.try_fill().unwrap() > 0);
         assert!(queue.watch(conn).is_none(), "with nothing new, the connection is parked");
         assert!(queue.poll_epoll(0).is_none(), "parking again costs no new event");
+    }
+
+    #[test]
+    fn a_read_that_fills_the_buffer_is_followed_by_another_before_parking() {
+        let queue = JobQueue::new(1).unwrap();
+        let (conn, mut client) = pair();
+        assert!(queue.watch(conn).is_none());
+        client.write_all(&[b'x'; 8192 + 10]).unwrap();
+        let (Work::Readable(mut conn), _busy) = queue.next().unwrap() else { panic!("expected the connection") };
+        assert_eq!(conn.try_fill().unwrap(), 8192, "the first read fills the initial buffer");
+        conn.consume(8192);
+
+        // The edge for the last 10 bytes was spent, so parking now would strand them.
+        let mut conn = queue.watch(conn).expect("the connection comes back for another read");
+        assert_eq!(conn.try_fill().unwrap(), 10);
+    }
+
+    #[test]
+    fn end_of_input_seen_by_the_event_is_read_before_parking() {
+        let queue = JobQueue::new(1).unwrap();
+        let (conn, mut client) = pair();
+        assert!(queue.watch(conn).is_none());
+        client.write_all(b"GET").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let (Work::Readable(mut conn), _busy) = queue.next().unwrap() else { panic!("expected the connection") };
+        assert!(conn.input_ended, "the event carried the half-close");
+        assert_eq!(conn.try_fill().unwrap(), 3);
+        conn.consume(3);
+
+        let mut conn = queue.watch(conn).expect("no later event would announce the end of input");
+        assert_eq!(conn.try_fill().unwrap(), 0);
     }
 
     #[test]
@@ -672,9 +726,9 @@ mod tests {
         let (conn, _client) = pair();
         queue.watch(conn);
 
-        assert!(queue.take(0, 0).is_none(), "generation 0 was never handed out");
-        assert!(queue.take(0, 1).is_some());
-        assert!(queue.take(0, 1).is_none(), "a slot is taken once");
+        assert!(queue.take(0, 0, 0).is_none(), "generation 0 was never handed out");
+        assert!(queue.take(0, 1, 0).is_some());
+        assert!(queue.take(0, 1, 0).is_none(), "a slot is taken once");
     }
 
     #[test]
