@@ -13,7 +13,9 @@
 //!   after the closing delimiter) stored byte-exact;
 //! - a client that hangs up or stalls mid-upload leaves no file and no temporary file, and an
 //!   existing video under that id stays untouched;
-//! - a reader during an overwrite sees the old or the new complete file, never a mix.
+//! - a reader during an overwrite sees the old or the new complete file, never a mix;
+//! - a chunked upload whose last chunk arrives after the closing boundary was parsed keeps
+//!   its connection open for the next request.
 
 mod common;
 
@@ -142,6 +144,33 @@ fn chunked_upload_is_stored() {
     assert_eq!(response.status, 201, "{}", response.text());
     assert!(std::fs::read(server.video_dir.join("chunked.mp4")).unwrap() == data, "stored file differs");
     assert_eq!(file_names(&server.video_dir), ["chunked.mp4"]);
+}
+
+#[test]
+fn late_last_chunk_keeps_the_connection_open() {
+    let server = TestServer::start(json!({}));
+    let data = pattern(50_000);
+    let body = multipart_body(BOUNDARY, "file", "clip.mp4", &data);
+    let framed = chunked(&body, 8_000);
+    let (before_last, last) = framed.split_at(framed.len() - b"0\r\n\r\n".len());
+
+    let mut stream = server.connect();
+    let head = format!(
+        "POST /upload/late.mp4 HTTP/1.1\r\nHost: t\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        form_data(BOUNDARY)
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(before_last).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(last).unwrap();
+
+    let response = read_response(&mut stream, false).unwrap();
+    assert_eq!(response.status, 201, "{}", response.text());
+    assert_eq!(response.header("connection"), None, "the connection must stay open");
+    stream.write_all(b"GET /videos/late.mp4 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let download = read_response(&mut stream, false).unwrap();
+    assert_eq!(download.status, 200);
+    assert!(download.body == data, "downloaded bytes differ");
 }
 
 #[test]

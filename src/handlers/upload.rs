@@ -33,6 +33,10 @@ const COPY_BUFFER: usize = 256 * 1024;
 /// before the 201 finds little left to write.
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
+/// Body bytes after the closing boundary that an upload still reads, so the connection stays
+/// reusable; RFC 2046 lets a client put an epilogue there.
+const MAX_EPILOGUE: u64 = 64 * 1024;
+
 #[derive(Serialize)]
 struct Uploaded<'a> {
     id: &'a str,
@@ -47,6 +51,7 @@ pub fn receive(app: &App, request: &Request, body: &mut BodyReader, id: &str) ->
     let temp = TempFile::create(app.storage.staging_dir(), id).map_err(|e| storage_error(e, id))?;
     body.set_limit(app.config.max_upload_bytes);
     let size = copy_file_field(body, &boundary, &temp, app.config.max_upload_bytes)?;
+    read_body_end(body);
 
     app.storage.commit(&temp.path, id, overwrite).map_err(|e| storage_error(e, id))?;
     log::info!("stored video {id:?}: {size} bytes");
@@ -125,6 +130,17 @@ fn copy_file_field(
     }
 
     size.ok_or(ApiError::MissingFileField)
+}
+
+/// Reads what follows the closing boundary, up to [`MAX_EPILOGUE`] bytes: usually a CRLF, and
+/// for a chunked body the last chunk and trailers, which may still be on their way when the
+/// closing boundary has been parsed. Reading them keeps the connection open for the client's
+/// next request. A longer or broken rest is left to the worker, which then closes the
+/// connection.
+fn read_body_end(body: &mut BodyReader) {
+    if let Err(e) = io::copy(&mut io::Read::take(&mut *body, MAX_EPILOGUE), &mut io::sink()) {
+        log::debug!("the upload body ended badly after its closing boundary: {e}; closing the connection after the answer");
+    }
 }
 
 /// Asks the kernel to start writing the file's dirty pages to disk without waiting for them.
