@@ -25,7 +25,7 @@ use crate::storage::{Storage, StorageError};
 /// State shared by every worker.
 pub struct App {
     pub config: Config,
-    /// `config.cache_control`, borrowed by every media answer instead of copied.
+    /// `config.cache_control`, borrowed by every media response instead of copied.
     pub cache_control: &'static str,
     pub storage: Arc<dyn Storage>,
     pub limiter: Limiter,

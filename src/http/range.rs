@@ -91,7 +91,7 @@ pub fn evaluate_range(header: Option<&str>, size: u64, max_ranges: usize) -> Ran
     }
 }
 
-/// The general path: any number of specs, checked against the abuse limits, then merged.
+/// Evaluates any number of specs: checks them against the abuse limits, then merges them.
 fn evaluate_list(header: &str, size: u64, max_ranges: usize) -> RangeOutcome {
     let Some(specs) = parse_range_header(header) else {
         return RangeOutcome::Full;
@@ -124,7 +124,7 @@ fn evaluate_list(header: &str, size: u64, max_ranges: usize) -> RangeOutcome {
     }
 }
 
-/// Answers a header holding exactly one valid spec, a player's usual seek, without the
+/// Evaluates a header holding exactly one valid spec, a player's usual seek, without the
 /// allocations of the general path. Returns `None` for anything else, which the general path
 /// then decides.
 fn evaluate_single(header: &str, size: u64, max_ranges: usize) -> Option<RangeOutcome> {
@@ -250,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn single_spec_shortcut_agrees_with_the_general_path() {
+    fn single_spec_matches_general_path() {
         let specs = ["0-0", "0-9", "5-", "9-", "10-", "-0", "-1", "-15", " 3 - 4 ", "5-4", "A-", "", "1", "-", "0-18446744073709551615"];
         for spec in specs {
             for unit in ["bytes=", "BYTES=", " bytes = ", "items="] {

@@ -139,7 +139,7 @@ impl Connection {
     }
 }
 
-/// One `recv` with `MSG_DONTWAIT`.
+/// Receives once with `MSG_DONTWAIT`, failing with `WouldBlock` when nothing has arrived.
 fn recv_now(stream: &mut TcpStream, free: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the socket is open and `free` is a writable buffer of the given length.
     let n = unsafe { libc::recv(stream.as_raw_fd(), free.as_mut_ptr().cast(), free.len(), libc::MSG_DONTWAIT) };

@@ -11,11 +11,11 @@
 //!
 //! A connection is registered once, edge-triggered, and stays registered while it moves
 //! between workers, so watching it again after each response costs no system call. It keeps
-//! one slot, with a generation number, for that whole time, and its events carry both. An
-//! event finds the slot in one of two states: the connection is parked there, and the worker
-//! takes it; or a worker is serving it, and the event only marks that bytes arrived, so that
-//! worker reads them at once instead of parking the connection. A stale event, for a
-//! connection that left the workers, has an old generation and is dropped.
+//! one slot, with a generation number, for that whole time, and its events carry both. When an
+//! event finds the connection parked in its slot, the worker takes it. When a worker is
+//! serving it, the event only marks that bytes arrived, and that worker reads them at once
+//! instead of parking the connection. A stale event, for a connection that left the workers,
+//! has an old generation and is dropped.
 //!
 //! Idle workers do not all wait in epoll: the kernel wakes a waiting worker for every event,
 //! even when a busy worker would take it a few microseconds later without sleeping. So an idle
@@ -56,8 +56,8 @@ const CLOSED_SIGNAL: u64 = 1 << 40;
 pub enum Work {
     /// A request the poller parsed, with its connection in non-blocking mode.
     Request(Job),
-    /// A watched connection that became readable, as far as its event tells: the bytes may
-    /// already have been read. Its socket is still in blocking mode.
+    /// A watched connection that its event reported readable, though the bytes may already
+    /// have been read. Its socket is still in blocking mode.
     Readable(Connection),
 }
 
@@ -99,14 +99,14 @@ struct Ready {
 /// end of input, and no later edge announces it again.
 const INPUT_ENDED: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
-/// What a registered connection's slot holds.
+/// The occupant of a registered connection's slot.
 #[derive(Default)]
 enum Occupant {
     #[default]
     Free,
     /// Waiting for its next request.
     Parked { conn: Connection, since: Instant },
-    /// Being served by a worker; `arrived` holds the bits of the events that came meanwhile.
+    /// Being served by a worker; `arrived` contains the bits of the events that came meanwhile.
     Out { arrived: u32 },
 }
 
@@ -615,7 +615,7 @@ mod tests {
     }
 
     #[test]
-    fn bytes_arriving_while_served_are_reported_at_the_next_watch() {
+    fn watch_returns_connection_with_new_bytes() {
         let queue = JobQueue::new(1).unwrap();
         let (conn, mut client) = pair();
         assert!(queue.watch(conn).is_none());

@@ -121,7 +121,7 @@ impl Headers {
         headers
     }
 
-    /// The number of fields.
+    /// Returns the number of fields.
     pub fn len(&self) -> usize {
         self.fields.len()
     }
@@ -131,7 +131,7 @@ impl Headers {
         self.fields.is_empty()
     }
 
-    /// Every field as a name and a value, in the order they were sent.
+    /// Iterates over every field as a name and a value, in the order they were sent.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         let starts = std::iter::once(0).chain(self.fields.iter().map(|&(_, value_end)| value_end));
         starts.zip(&self.fields).map(|(start, &(name_end, value_end))| {
@@ -140,7 +140,7 @@ impl Headers {
         })
     }
 
-    /// The values of every field called `name`, in any case.
+    /// Returns the values of every field called `name`, in any case.
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
@@ -274,7 +274,7 @@ fn header_tokens(headers: &Headers, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether any instance of a header lists `token`, in any case.
+/// Returns whether any instance of a header lists `token`, in any case.
 fn has_token(headers: &Headers, name: &str, token: &str) -> bool {
     headers.values(name).flat_map(|v| v.split(',')).any(|t| trim_ows(t).eq_ignore_ascii_case(token))
 }
@@ -394,7 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn headers_keep_order_and_match_names_in_any_case() {
+    fn headers_match_names_in_any_case() {
         let r = parse("GET / HTTP/1.1\r\nHost: h\r\nX-Tag: a\r\nx-tag: b\r\nRange: bytes=0-1\r\n\r\n").unwrap();
 
         let fields: Vec<(&str, &str)> = r.headers.iter().collect();
@@ -416,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn only_space_and_tab_count_as_whitespace_in_framing_headers() {
+    fn framing_headers_trim_only_space_and_tab() {
         let nbsp = "\u{a0}";
         let length = parse(&format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5{nbsp}\r\n\r\n")).unwrap_err();
         assert_eq!(length.status(), 400);
