@@ -15,7 +15,8 @@
 //!   existing video under that id stays untouched;
 //! - a reader during an overwrite sees the old or the new complete file, never a mix;
 //! - a chunked upload whose last chunk arrives after the closing boundary was parsed keeps
-//!   its connection open for the next request.
+//!   its connection open for the next request, and a body that stops short after the closing
+//!   boundary gets its 201 at once, with `Connection: close`.
 
 mod common;
 
@@ -161,7 +162,8 @@ fn late_last_chunk_keeps_the_connection_open() {
     );
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(before_last).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Well within the 250 ms the server waits for the end of the body.
+    std::thread::sleep(Duration::from_millis(50));
     stream.write_all(last).unwrap();
 
     let response = read_response(&mut stream, false).unwrap();
@@ -171,6 +173,30 @@ fn late_last_chunk_keeps_the_connection_open() {
     let download = read_response(&mut stream, false).unwrap();
     assert_eq!(download.status, 200);
     assert!(download.body == data, "downloaded bytes differ");
+}
+
+#[test]
+fn body_short_after_closing_boundary_is_answered_at_once() {
+    let server = TestServer::start(json!({"idle_timeout_secs": 10}));
+    let data = pattern(20_000);
+    let body = multipart_body(BOUNDARY, "file", "clip.mp4", &data);
+
+    let mut stream = server.connect();
+    let head = format!(
+        "POST /upload/short.mp4 HTTP/1.1\r\nHost: t\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+        form_data(BOUNDARY),
+        body.len() + 2
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body).unwrap();
+
+    let started = Instant::now();
+    let response = read_response(&mut stream, false).unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status, 201, "{}", response.text());
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(waited < Duration::from_secs(5), "the 201 took {waited:?}, close to the 10 s idle timeout");
+    assert!(std::fs::read(server.video_dir.join("short.mp4")).unwrap() == data, "stored file differs");
 }
 
 #[test]

@@ -15,6 +15,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -36,6 +37,10 @@ const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 /// Body bytes after the closing boundary that an upload still reads, so the connection stays
 /// reusable; RFC 2046 lets a client put an epilogue there.
 const MAX_EPILOGUE: u64 = 64 * 1024;
+
+/// How long an upload waits for the rest of its body after the closing boundary. The last
+/// chunk of a chunked body normally follows the boundary at once.
+const BODY_END_WAIT: Duration = Duration::from_millis(250);
 
 #[derive(Serialize)]
 struct Uploaded<'a> {
@@ -132,14 +137,23 @@ fn copy_file_field(
     size.ok_or(ApiError::MissingFileField)
 }
 
-/// Reads what follows the closing boundary, up to [`MAX_EPILOGUE`] bytes: usually a CRLF, and
-/// for a chunked body the last chunk and trailers, which may still be on their way when the
-/// closing boundary has been parsed. Reading them keeps the connection open for the client's
-/// next request. A longer or broken rest is left to the worker, which then closes the
-/// connection.
+/// Reads what follows the closing boundary, up to [`MAX_EPILOGUE`] bytes and for at most
+/// [`BODY_END_WAIT`]: usually a CRLF, and for a chunked body the last chunk and trailers,
+/// which may still be on their way when the closing boundary has been parsed. Reading them
+/// keeps the connection open for the client's next request. A rest that is longer, broken or
+/// late is left to the worker, which then closes the connection.
 fn read_body_end(body: &mut BodyReader) {
-    if let Err(e) = io::copy(&mut io::Read::take(&mut *body, MAX_EPILOGUE), &mut io::sink()) {
-        log::debug!("the upload body ended badly after its closing boundary: {e}; closing the connection after the answer");
+    let stream = body.stream();
+    let usual_timeout = stream.read_timeout().ok().flatten();
+    let _ = stream.set_read_timeout(Some(BODY_END_WAIT));
+
+    let result = io::copy(&mut io::Read::take(&mut *body, MAX_EPILOGUE), &mut io::sink());
+
+    if let Err(e) = body.stream().set_read_timeout(usual_timeout) {
+        log::warn!("cannot restore the read timeout after an upload: {e}; the connection keeps a {BODY_END_WAIT:?} timeout");
+    }
+    if let Err(e) = result {
+        log::debug!("the upload body did not end within {BODY_END_WAIT:?} after its closing boundary: {e}; closing the connection after the response");
     }
 }
 

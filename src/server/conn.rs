@@ -33,6 +33,9 @@ pub struct Connection {
     /// The last read filled the buffer, so more bytes may wait in the socket with no new
     /// event to announce them.
     pub filled_buffer: bool,
+    /// Urgent data arrived: a read stops at its mark and leaves the bytes after it in the
+    /// socket, with no new event to announce them.
+    pub urgent: bool,
     /// Set while the socket is registered with the workers' epoll instance
     /// ([`crate::server::queue`]).
     pub registration: Option<Registration>,
@@ -41,7 +44,7 @@ pub struct Connection {
 impl Connection {
     /// Wraps an accepted socket; `open_count` was already incremented for it.
     pub fn new(stream: TcpStream, peer: SocketAddr, open_count: Arc<AtomicUsize>) -> Connection {
-        Connection { stream, peer, buffer: Vec::new(), start: 0, end: 0, open_count, input_ended: false, filled_buffer: false, registration: None }
+        Connection { stream, peer, buffer: Vec::new(), start: 0, end: 0, open_count, input_ended: false, filled_buffer: false, urgent: false, registration: None }
     }
 
     /// The bytes read from the socket and not yet consumed.

@@ -99,6 +99,10 @@ struct Ready {
 /// end of input, and no later edge announces it again.
 const INPUT_ENDED: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
+/// The event bit for urgent data: a read stops at its mark and leaves the bytes after it in
+/// the socket, with no later edge to announce them.
+const URGENT: u32 = libc::EPOLLPRI as u32;
+
 /// The occupant of a registered connection's slot.
 #[derive(Default)]
 enum Occupant {
@@ -202,11 +206,11 @@ impl JobQueue {
     /// Watches a connection whose response is complete and whose buffer is empty, so the
     /// first worker free when its next request arrives serves it. The socket stays blocking.
     /// Returns the connection instead when it may have input that no new event would announce:
-    /// bytes that arrived while it was being served, bytes a full buffer left in the socket, or
-    /// the end of input. The caller reads without blocking, and watches it again if there was
+    /// bytes that arrived while it was being served, bytes a full buffer or an urgent mark left
+    /// in the socket, or the end of input. The caller reads without blocking, and watches it again if there was
     /// nothing.
-    pub fn watch(&self, conn: Connection) -> Option<Connection> {
-        if conn.input_ended || conn.filled_buffer {
+    pub fn watch(&self, mut conn: Connection) -> Option<Connection> {
+        if conn.input_ended || conn.filled_buffer || std::mem::take(&mut conn.urgent) {
             return Some(conn);
         }
         match conn.registration.as_ref().map(|r| (r.slot, r.generation)) {
@@ -230,6 +234,7 @@ impl JobQueue {
             if arrived != 0 {
                 entry.occupant = Occupant::Out { arrived: 0 };
                 conn.input_ended |= arrived & INPUT_ENDED != 0;
+                conn.urgent |= arrived & URGENT != 0;
                 return Some(conn);
             }
         }
@@ -481,6 +486,7 @@ impl JobQueue {
         match std::mem::replace(&mut entry.occupant, Occupant::Out { arrived: 0 }) {
             Occupant::Parked { mut conn, .. } => {
                 conn.input_ended |= events & INPUT_ENDED != 0;
+                conn.urgent |= events & URGENT != 0;
                 Some(conn)
             }
             Occupant::Out { arrived } => {
@@ -511,7 +517,7 @@ impl JobQueue {
     /// Registers the socket for read events, edge-triggered. A socket left registered by a
     /// failed removal is updated instead.
     fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        let events = (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
         match self.control(libc::EPOLL_CTL_ADD, fd, events, token) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.control(libc::EPOLL_CTL_MOD, fd, events, token),
             other => other,
@@ -664,6 +670,27 @@ mod tests {
 
         let mut conn = queue.watch(conn).expect("no later event would announce the end of input");
         assert_eq!(conn.try_fill().unwrap(), 0);
+    }
+
+    #[test]
+    fn urgent_mark_is_read_past_before_parking() {
+        use std::os::fd::AsRawFd;
+
+        let queue = JobQueue::new(1).unwrap();
+        let (conn, mut client) = pair();
+        assert!(queue.watch(conn).is_none());
+        client.write_all(b"GET a").unwrap();
+        // SAFETY: a one-byte send of urgent data on the client's open socket.
+        let sent = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+        assert_eq!(sent, 1);
+        client.write_all(b"GET b").unwrap();
+
+        let (Work::Readable(mut conn), _busy) = queue.next().unwrap() else { panic!("expected the connection") };
+        assert_eq!(conn.try_fill().unwrap(), 5, "a read stops at the urgent mark");
+        conn.consume(5);
+        let mut conn = queue.watch(conn).expect("the bytes after the mark raise no new event");
+        assert_eq!(conn.try_fill().unwrap(), 5);
+        assert_eq!(conn.buffered(), b"GET b");
     }
 
     #[test]
