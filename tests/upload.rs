@@ -16,7 +16,7 @@
 //! - a reader during an overwrite sees the old or the new complete file, never a mix;
 //! - a chunked upload whose last chunk arrives after the closing boundary was parsed keeps
 //!   its connection open for the next request, and a body that stops short after the closing
-//!   boundary gets its 201 at once, with `Connection: close`.
+//!   boundary, or trickles in, gets its 201 at once, with `Connection: close`.
 
 mod common;
 
@@ -197,6 +197,41 @@ fn body_short_after_closing_boundary_is_answered_at_once() {
     assert_eq!(response.header("connection"), Some("close"));
     assert!(waited < Duration::from_secs(5), "the 201 took {waited:?}, close to the 10 s idle timeout");
     assert!(std::fs::read(server.video_dir.join("short.mp4")).unwrap() == data, "stored file differs");
+}
+
+#[test]
+fn trickled_epilogue_is_cut_off_at_once() {
+    let server = TestServer::start(json!({"idle_timeout_secs": 10}));
+    let data = pattern(20_000);
+    let body = multipart_body(BOUNDARY, "file", "clip.mp4", &data);
+    let epilogue_len = 100;
+
+    let mut stream = server.connect();
+    let head = format!(
+        "POST /upload/trickle.mp4 HTTP/1.1\r\nHost: t\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+        form_data(BOUNDARY),
+        body.len() + epilogue_len
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body).unwrap();
+    let started = Instant::now();
+    let mut trickler = stream.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..epilogue_len {
+            if trickler.write_all(b"e").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+
+    let response = read_response(&mut stream, false).unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status, 201, "{}", response.text());
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(waited < Duration::from_secs(3), "the 201 took {waited:?}; the epilogue takes 5 s to trickle in");
+    drop(stream);
+    trickle.join().unwrap();
 }
 
 #[test]

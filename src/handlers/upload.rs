@@ -15,7 +15,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -138,16 +138,33 @@ fn copy_file_field(
 }
 
 /// Reads what follows the closing boundary, up to [`MAX_EPILOGUE`] bytes and for at most
-/// [`BODY_END_WAIT`]: usually a CRLF, and for a chunked body the last chunk and trailers,
-/// which may still be on their way when the closing boundary has been parsed. Reading them
-/// keeps the connection open for the client's next request. A rest that is longer, broken or
-/// late is left to the worker, which then closes the connection.
+/// [`BODY_END_WAIT`] in all. That is usually a CRLF, and for a chunked body the last chunk
+/// and trailers, which may still be on their way when the closing boundary has been parsed.
+/// Reading them keeps the connection open for the client's next request. A rest that is
+/// longer, broken or late is left to the worker, which then closes the connection.
 fn read_body_end(body: &mut BodyReader) {
-    let stream = body.stream();
-    let usual_timeout = stream.read_timeout().ok().flatten();
-    let _ = stream.set_read_timeout(Some(BODY_END_WAIT));
+    let usual_timeout = body.stream().read_timeout().ok().flatten();
+    let deadline = Instant::now() + BODY_END_WAIT;
+    let mut scratch = [0u8; 8192];
+    let mut read = 0;
 
-    let result = io::copy(&mut io::Read::take(&mut *body, MAX_EPILOGUE), &mut io::sink());
+    let result = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(io::Error::new(io::ErrorKind::TimedOut, "the deadline passed"));
+        }
+        if let Err(e) = body.stream().set_read_timeout(Some(left)) {
+            break Err(e);
+        }
+        let want = scratch.len().min((MAX_EPILOGUE - read) as usize);
+        match io::Read::read(body, &mut scratch[..want]) {
+            Ok(0) => break Ok(()),
+            Ok(n) if read + n as u64 >= MAX_EPILOGUE => break Ok(()),
+            Ok(n) => read += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
 
     if let Err(e) = body.stream().set_read_timeout(usual_timeout) {
         log::warn!("cannot restore the read timeout after an upload: {e}; the connection keeps a {BODY_END_WAIT:?} timeout");
