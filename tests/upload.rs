@@ -176,7 +176,7 @@ fn late_last_chunk_keeps_the_connection_open() {
 }
 
 #[test]
-fn body_short_after_closing_boundary_is_answered_at_once() {
+fn short_body_answered_at_once() {
     let server = TestServer::start(json!({"idle_timeout_secs": 10}));
     let data = pattern(20_000);
     let body = multipart_body(BOUNDARY, "file", "clip.mp4", &data);

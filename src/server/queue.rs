@@ -585,6 +585,16 @@ mod tests {
         (Connection::new(server, peer, Arc::new(AtomicUsize::new(1))), client)
     }
 
+    /// Watches a new connection, lets `send` write to it from the client side, and takes it
+    /// back as the worker that its event wakes.
+    fn readable_after(queue: &JobQueue, send: impl FnOnce(&mut TcpStream)) -> (Connection, TcpStream) {
+        let (conn, mut client) = pair();
+        assert!(queue.watch(conn).is_none());
+        send(&mut client);
+        let (Work::Readable(conn), _busy) = queue.next().unwrap() else { panic!("expected the watched connection") };
+        (conn, client)
+    }
+
     fn new_job() -> (Job, TcpStream) {
         let (conn, client) = pair();
         let ParseOutcome::Complete(request, _) = parse_head(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", conn.peer) else {
@@ -623,10 +633,7 @@ mod tests {
     #[test]
     fn watch_returns_connection_with_new_bytes() {
         let queue = JobQueue::new(1).unwrap();
-        let (conn, mut client) = pair();
-        assert!(queue.watch(conn).is_none());
-        client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-        let (Work::Readable(mut conn), _busy) = queue.next().unwrap() else { panic!("expected the connection") };
+        let (mut conn, mut client) = readable_after(&queue, |client| client.write_all(b"GET / HTTP/1.1\r\n").unwrap());
         conn.try_fill().unwrap();
 
         // The worker is still serving it when more bytes come: the event only marks them.
@@ -642,12 +649,9 @@ mod tests {
     }
 
     #[test]
-    fn a_read_that_fills_the_buffer_is_followed_by_another_before_parking() {
+    fn watch_rereads_after_full_buffer() {
         let queue = JobQueue::new(1).unwrap();
-        let (conn, mut client) = pair();
-        assert!(queue.watch(conn).is_none());
-        client.write_all(&[b'x'; 8192 + 10]).unwrap();
-        let (Work::Readable(mut conn), _busy) = queue.next().unwrap() else { panic!("expected the connection") };
+        let (mut conn, _client) = readable_after(&queue, |client| client.write_all(&[b'x'; 8192 + 10]).unwrap());
         assert_eq!(conn.try_fill().unwrap(), 8192, "the first read fills the initial buffer");
         conn.consume(8192);
 
@@ -657,13 +661,12 @@ mod tests {
     }
 
     #[test]
-    fn end_of_input_seen_by_the_event_is_read_before_parking() {
+    fn watch_rereads_after_input_end() {
         let queue = JobQueue::new(1).unwrap();
-        let (conn, mut client) = pair();
-        assert!(queue.watch(conn).is_none());
-        client.write_all(b"GET").unwrap();
-        client.shutdown(std::net::Shutdown::Write).unwrap();
-        let (Work::Readable(mut conn), _busy) = queue.next().unwrap() else { panic!("expected the connection") };
+        let (mut conn, _client) = readable_after(&queue, |client| {
+            client.write_all(b"GET").unwrap();
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+        });
         assert!(conn.input_ended, "the event carried the half-close");
         assert_eq!(conn.try_fill().unwrap(), 3);
         conn.consume(3);
@@ -673,19 +676,17 @@ mod tests {
     }
 
     #[test]
-    fn urgent_mark_is_read_past_before_parking() {
+    fn watch_rereads_after_urgent_mark() {
         use std::os::fd::AsRawFd;
 
         let queue = JobQueue::new(1).unwrap();
-        let (conn, mut client) = pair();
-        assert!(queue.watch(conn).is_none());
-        client.write_all(b"GET a").unwrap();
-        // SAFETY: a one-byte send of urgent data on the client's open socket.
-        let sent = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
-        assert_eq!(sent, 1);
-        client.write_all(b"GET b").unwrap();
-
-        let (Work::Readable(mut conn), _busy) = queue.next().unwrap() else { panic!("expected the connection") };
+        let (mut conn, _client) = readable_after(&queue, |client| {
+            client.write_all(b"GET a").unwrap();
+            // SAFETY: a one-byte send of urgent data on the client's open socket.
+            let sent = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+            assert_eq!(sent, 1);
+            client.write_all(b"GET b").unwrap();
+        });
         assert_eq!(conn.try_fill().unwrap(), 5, "a read stops at the urgent mark");
         conn.consume(5);
         let mut conn = queue.watch(conn).expect("the bytes after the mark raise no new event");
@@ -694,7 +695,7 @@ mod tests {
     }
 
     #[test]
-    fn parked_again_connection_wakes_a_worker_with_new_bytes() {
+    fn reparked_connection_wakes_worker() {
         let queue = JobQueue::new(1).unwrap();
         let (conn, mut client) = pair();
         assert!(queue.watch(conn).is_none());
@@ -710,17 +711,11 @@ mod tests {
     #[test]
     fn closing_or_leaving_frees_the_slot() {
         let queue = JobQueue::new(1).unwrap();
-        let (conn, mut client) = pair();
-        assert!(queue.watch(conn).is_none());
-        client.write_all(b"x").unwrap();
-        let (Work::Readable(conn), _busy) = queue.next().unwrap() else { panic!("expected the connection") };
+        let (conn, _client) = readable_after(&queue, |client| client.write_all(b"x").unwrap());
         drop(conn);
         assert_eq!(queue.lock().free_slots, [0], "a closed connection frees its slot");
 
-        let (conn, mut client) = pair();
-        assert!(queue.watch(conn).is_none());
-        client.write_all(b"x").unwrap();
-        let (Work::Readable(mut conn), _busy) = queue.next().unwrap() else { panic!("expected the connection") };
+        let (mut conn, mut client) = readable_after(&queue, |client| client.write_all(b"x").unwrap());
         conn.leave_workers();
         assert_eq!(queue.lock().free_slots, [0], "a connection leaving the workers frees its slot");
         client.write_all(b"y").unwrap();
