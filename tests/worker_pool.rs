@@ -161,7 +161,7 @@ fn shutdown_closes_watched_connections() {
 /// event to announce it. Stranded, they would wait for the poller to take the connection back
 /// after the 100 ms watch window, so the fastest of three batches must beat that window.
 #[test]
-fn pipelined_batch_ending_on_a_buffer_boundary_is_served_at_once() {
+fn pipelined_batch_at_buffer_edge_served() {
     let server = TestServer::start(json!({}));
     let head = "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: ";
     let request = format!("{head}{}\r\n\r\n", "p".repeat(64 - head.len() - 4));

@@ -141,7 +141,7 @@ pub fn strong_etag(identity: u64, size: u64, modified: SystemTime) -> String {
         .map(|elapsed| elapsed.as_nanos())
         .unwrap_or(0);
     let mut tag = String::with_capacity(72);
-    // Writing into a String cannot fail.
+    // `String` implements `fmt::Write` without ever returning an error.
     let _ = write!(tag, "\"{identity:x}-{size:x}-{nanos:x}\"");
     tag
 }
@@ -156,7 +156,7 @@ pub fn format_http_date(t: SystemTime) -> String {
     let latest = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
     let clamped = t.clamp(UNIX_EPOCH, latest);
     let mut date = String::with_capacity(29);
-    // Writing into a String cannot fail.
+    // `String` implements `fmt::Write` without ever returning an error.
     let _ = write!(date, "{}", httpdate::HttpDate::from(clamped));
     date
 }

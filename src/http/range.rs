@@ -33,7 +33,7 @@ impl ByteRange {
     /// `size` bytes, for example `bytes 0-1/10`.
     pub fn content_range(&self, size: u64) -> String {
         let mut value = String::with_capacity(72);
-        // Writing into a String cannot fail.
+        // `String` implements `fmt::Write` without ever returning an error.
         let _ = write!(value, "bytes {}-{}/{}", self.start, self.end, size);
         value
     }

@@ -36,8 +36,8 @@ pub struct Connection {
     /// Urgent data arrived: a read stops at its mark and leaves the bytes after it in the
     /// socket, with no new event to announce them.
     pub urgent: bool,
-    /// Set while the socket is registered with the workers' epoll instance
-    /// ([`crate::server::queue`]).
+    /// The socket's place in the workers' epoll instance ([`crate::server::queue`]), present
+    /// while it is registered there.
     pub registration: Option<Registration>,
 }
 
@@ -78,8 +78,8 @@ impl Connection {
         self.fill_with(|stream, free| stream.read(free))
     }
 
-    /// Like [`Connection::fill`], but fails with `WouldBlock` instead of waiting when no bytes
-    /// have arrived, whatever the socket's mode.
+    /// Reads as [`Connection::fill`] does, but fails with `WouldBlock` instead of waiting when
+    /// no bytes have arrived, whatever the socket's mode.
     pub fn try_fill(&mut self) -> io::Result<usize> {
         self.fill_with(recv_now)
     }

@@ -595,6 +595,14 @@ mod tests {
         (conn, client)
     }
 
+    /// Reads `expected` bytes, consumes them, and checks that watching hands the connection
+    /// back for another read instead of parking it.
+    fn read_then_watch(queue: &JobQueue, mut conn: Connection, expected: usize) -> Connection {
+        assert_eq!(conn.try_fill().unwrap(), expected);
+        conn.consume(expected);
+        queue.watch(conn).expect("the connection comes back for another read")
+    }
+
     fn new_job() -> (Job, TcpStream) {
         let (conn, client) = pair();
         let ParseOutcome::Complete(request, _) = parse_head(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", conn.peer) else {
@@ -652,11 +660,8 @@ mod tests {
     fn watch_rereads_after_full_buffer() {
         let queue = JobQueue::new(1).unwrap();
         let (mut conn, _client) = readable_after(&queue, |client| client.write_all(&[b'x'; 8192 + 10]).unwrap());
-        assert_eq!(conn.try_fill().unwrap(), 8192, "the first read fills the initial buffer");
-        conn.consume(8192);
-
         // The edge for the last 10 bytes was spent, so parking now would strand them.
-        let mut conn = queue.watch(conn).expect("the connection comes back for another read");
+        let mut conn = read_then_watch(&queue, conn, 8192);
         assert_eq!(conn.try_fill().unwrap(), 10);
     }
 
@@ -668,10 +673,8 @@ mod tests {
             client.shutdown(std::net::Shutdown::Write).unwrap();
         });
         assert!(conn.input_ended, "the event carried the half-close");
-        assert_eq!(conn.try_fill().unwrap(), 3);
-        conn.consume(3);
 
-        let mut conn = queue.watch(conn).expect("no later event would announce the end of input");
+        let mut conn = read_then_watch(&queue, conn, 3);
         assert_eq!(conn.try_fill().unwrap(), 0);
     }
 
@@ -687,9 +690,8 @@ mod tests {
             assert_eq!(sent, 1);
             client.write_all(b"GET b").unwrap();
         });
-        assert_eq!(conn.try_fill().unwrap(), 5, "a read stops at the urgent mark");
-        conn.consume(5);
-        let mut conn = queue.watch(conn).expect("the bytes after the mark raise no new event");
+        // A read stops at the urgent mark.
+        let mut conn = read_then_watch(&queue, conn, 5);
         assert_eq!(conn.try_fill().unwrap(), 5);
         assert_eq!(conn.buffered(), b"GET b");
     }

@@ -217,6 +217,13 @@ mod tests {
     }
 
     /// Writes `a.mp4` into a fresh folder and caches it; returns the folder, the path and the cache.
+    /// Replaces `path` with a new file holding `content`, as an upload or `mv` does.
+    fn replace_by_rename(dir: &Path, path: &Path, content: &[u8]) {
+        let staged = dir.join("staged");
+        std::fs::write(&staged, content).unwrap();
+        std::fs::rename(&staged, path).unwrap();
+    }
+
     fn cached_video() -> (tempfile::TempDir, PathBuf, OpenFiles) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.mp4");
@@ -241,9 +248,7 @@ mod tests {
     fn replaced_file_is_not_reused() {
         let (dir, path, cache) = cached_video();
 
-        let staged = dir.path().join("staged");
-        std::fs::write(&staged, b"abc").unwrap();
-        std::fs::rename(&staged, &path).unwrap();
+        replace_by_rename(dir.path(), &path, b"abc");
 
         assert!(!cached_now(&cache, &path));
     }
@@ -314,9 +319,7 @@ mod tests {
         let stale = open(&path);
 
         // Another request reads a notice about the file while this one is still opening it.
-        let staged = dir.path().join("staged");
-        std::fs::write(&staged, b"new").unwrap();
-        std::fs::rename(&staged, &path).unwrap();
+        replace_by_rename(dir.path(), &path, b"new");
         assert!(cache.get_unchanged("c.mp4").is_err());
         cache.insert("a.mp4", stale, true, start);
 
@@ -336,9 +339,7 @@ mod tests {
     fn file_renamed_over_needs_stat() {
         let (dir, path, cache) = watched_video();
 
-        let staged = dir.path().join("staged");
-        std::fs::write(&staged, b"abc").unwrap();
-        std::fs::rename(&staged, &path).unwrap();
+        replace_by_rename(dir.path(), &path, b"abc");
 
         assert!(cache.get_unchanged("a.mp4").is_err());
     }
