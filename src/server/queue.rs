@@ -659,7 +659,7 @@ mod tests {
     #[test]
     fn watch_rereads_after_full_buffer() {
         let queue = JobQueue::new(1).unwrap();
-        let (mut conn, _client) = readable_after(&queue, |client| client.write_all(&[b'x'; 8192 + 10]).unwrap());
+        let (conn, _client) = readable_after(&queue, |client| client.write_all(&[b'x'; 8192 + 10]).unwrap());
         // The edge for the last 10 bytes was spent, so parking now would strand them.
         let mut conn = read_then_watch(&queue, conn, 8192);
         assert_eq!(conn.try_fill().unwrap(), 10);
@@ -668,7 +668,7 @@ mod tests {
     #[test]
     fn watch_rereads_after_input_end() {
         let queue = JobQueue::new(1).unwrap();
-        let (mut conn, _client) = readable_after(&queue, |client| {
+        let (conn, _client) = readable_after(&queue, |client| {
             client.write_all(b"GET").unwrap();
             client.shutdown(std::net::Shutdown::Write).unwrap();
         });
@@ -683,7 +683,7 @@ mod tests {
         use std::os::fd::AsRawFd;
 
         let queue = JobQueue::new(1).unwrap();
-        let (mut conn, _client) = readable_after(&queue, |client| {
+        let (conn, _client) = readable_after(&queue, |client| {
             client.write_all(b"GET a").unwrap();
             // SAFETY: a one-byte send of urgent data on the client's open socket.
             let sent = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
