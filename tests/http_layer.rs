@@ -958,12 +958,35 @@ fn chunked_upload_stores_exact_bytes() {
 fn malformed_chunks_get_400() {
     let server = TestServer::start(json!({}));
     let body = multipart_body(BOUNDARY, "file", "clip.mp4", b"0123456789");
-    let cases: [(&str, Vec<u8>, &str); 2] = [
+    let size = format!("{:x}", body.len());
+    let cases: [(&str, Vec<u8>, &str); 6] = [
         ("bad.mp4", [b"zz\r\n".as_slice(), &body, b"\r\n0\r\n\r\n"].concat(), "chunk size is not hex"),
         (
             "long.mp4",
             [format!("{:x}\r\n", body.len() - 5).as_bytes(), &body, b"\r\n0\r\n\r\n"].concat(),
             "chunk data longer than its size",
+        ),
+        // A bare LF or a CR inside a line is where a proxy and a server can split a body
+        // differently (CVE-2025-22871 in Go).
+        (
+            "lf-size.mp4",
+            [size.as_bytes(), b"\n", &body, b"\r\n0\r\n\r\n"].concat(),
+            "chunked line ends in a bare LF instead of CRLF",
+        ),
+        (
+            "lf-data.mp4",
+            [size.as_bytes(), b"\r\n", &body, b"\n0\r\n\r\n"].concat(),
+            "chunked line ends in a bare LF instead of CRLF",
+        ),
+        (
+            "lf-last.mp4",
+            [size.as_bytes(), b"\r\n", &body, b"\r\n0\r\n\n"].concat(),
+            "chunked line ends in a bare LF instead of CRLF",
+        ),
+        (
+            "cr-ext.mp4",
+            [size.as_bytes(), b";a=\rb\r\n", &body, b"\r\n0\r\n\r\n"].concat(),
+            "control character in a chunk-size or trailer line",
         ),
     ];
 

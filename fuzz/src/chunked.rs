@@ -175,17 +175,20 @@ enum Outcome {
     Malformed,
 }
 
-/// Decodes a chunked body (RFC 9112 §7.1) with the server's documented leniencies. Lines may
-/// end in a bare LF, and spaces and tabs between the size and an extension are ignored.
-/// Extensions and trailer fields are skipped unchecked, and the size is at most 15 hex digits.
+/// Decodes a chunked body (RFC 9112 §7.1) with the server's documented leniency: spaces and
+/// tabs between the size and an extension are ignored. Every line ends in CRLF and contains no
+/// other control byte than a tab; extensions and trailer fields are otherwise skipped
+/// unchecked, and the size is at most 15 hex digits.
 fn decode_reference(body: &[u8]) -> Reference {
     let mut content = Vec::new();
     let mut position = 0;
     let finish = |content, outcome| Reference { content, outcome };
 
     loop {
-        let Some(line) = next_line(body, &mut position) else {
-            return finish(content, Outcome::Incomplete);
+        let line = match next_line(body, &mut position) {
+            Some(Ok(line)) => line,
+            Some(Err(Malformed)) => return finish(content, Outcome::Malformed),
+            None => return finish(content, Outcome::Incomplete),
         };
         let Some(size) = parse_chunk_size(line) else {
             return finish(content, Outcome::Malformed);
@@ -203,7 +206,7 @@ fn decode_reference(body: &[u8]) -> Reference {
         }
 
         match next_line(body, &mut position) {
-            Some([]) => {}
+            Some(Ok([])) => {}
             Some(_) => return finish(content, Outcome::Malformed),
             None => return finish(content, Outcome::Incomplete),
         }
@@ -211,21 +214,28 @@ fn decode_reference(body: &[u8]) -> Reference {
 
     loop {
         match next_line(body, &mut position) {
-            Some([]) => return finish(content, Outcome::Complete(position)),
-            Some(_) => {}
+            Some(Ok([])) => return finish(content, Outcome::Complete(position)),
+            Some(Ok(_)) => {}
+            Some(Err(Malformed)) => return finish(content, Outcome::Malformed),
             None => return finish(content, Outcome::Incomplete),
         }
     }
 }
 
-/// Returns the line at `position` without its LF or CR LF and moves past it, or `None` when
-/// no LF follows.
-fn next_line<'a>(body: &'a [u8], position: &mut usize) -> Option<&'a [u8]> {
+/// A line that does not end in CRLF or contains a control byte other than a tab.
+struct Malformed;
+
+/// Returns the line at `position` without its CR LF and moves past it, or `None` when no LF
+/// follows.
+fn next_line<'a>(body: &'a [u8], position: &mut usize) -> Option<Result<&'a [u8], Malformed>> {
     let rest = &body[*position..];
     let length = rest.iter().position(|&byte| byte == b'\n')?;
     *position += length + 1;
-    let line = &rest[..length];
-    Some(line.strip_suffix(b"\r").unwrap_or(line))
+    let Some(line) = rest[..length].strip_suffix(b"\r") else {
+        return Some(Err(Malformed));
+    };
+    let control = line.iter().any(|&byte| (byte < 0x20 && byte != b'\t') || byte == 0x7f);
+    Some(if control { Err(Malformed) } else { Ok(line) })
 }
 
 fn parse_chunk_size(line: &[u8]) -> Option<u64> {

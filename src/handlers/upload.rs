@@ -56,7 +56,7 @@ pub fn receive(app: &App, request: &Request, body: &mut BodyReader, id: &str) ->
     let temp = TempFile::create(app.storage.staging_dir(), id).map_err(|e| storage_error(e, id))?;
     body.set_limit(app.config.max_upload_bytes);
     let size = copy_file_field(body, &boundary, &temp, app.config.max_upload_bytes)?;
-    read_body_end(body);
+    read_body_end(body)?;
 
     app.storage.commit(&temp.path, id, overwrite).map_err(|e| storage_error(e, id))?;
     log::info!("stored video {id:?}: {size} bytes");
@@ -141,8 +141,10 @@ fn copy_file_field(
 /// [`BODY_END_WAIT`] in all. That is usually a CRLF, and for a chunked body the last chunk
 /// and trailers, which may still be on their way when the closing boundary has been parsed.
 /// Reading them keeps the connection open for the client's next request. A rest that is
-/// longer, broken or late is left to the worker, which then closes the connection.
-fn read_body_end(body: &mut BodyReader) {
+/// longer or late is left to the worker, which then closes the connection. Broken chunked
+/// framing fails the upload like a broken chunk before the boundary: a proxy in front may
+/// have read the message differently.
+fn read_body_end(body: &mut BodyReader) -> Result<(), ApiError> {
     let usual_timeout = body.stream().read_timeout().ok().flatten();
     let deadline = Instant::now() + BODY_END_WAIT;
     let mut scratch = [0u8; 8192];
@@ -169,8 +171,13 @@ fn read_body_end(body: &mut BodyReader) {
     if let Err(e) = body.stream().set_read_timeout(usual_timeout) {
         log::warn!("cannot restore the read timeout after an upload: {e}; the connection keeps a {BODY_END_WAIT:?} timeout");
     }
-    if let Err(e) = result {
-        log::debug!("the upload body did not end within {BODY_END_WAIT:?} after its closing boundary: {e}; closing the connection after the response");
+    match result {
+        Err(e) if bad_chunk_reason(&e).is_some() => Err(body_error(MultipartError::Io(e), u64::MAX)),
+        Err(e) => {
+            log::debug!("the upload body did not end within {BODY_END_WAIT:?} after its closing boundary: {e}; closing the connection after the response");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
     }
 }
 

@@ -132,8 +132,10 @@ impl<'a> BodyReader<'a> {
         Ok(())
     }
 
-    // NOTE: a bare LF is accepted as a line end, as many servers do; RFC 9112 §7.1 writes the
-    // grammar with CRLF, so a proxy in front that rejects bare LF could frame a body differently.
+    /// Reads a chunk-size, chunk-end or trailer line and returns it without its CRLF. RFC 9112
+    /// §7.1 ends these lines in CRLF only. A bare LF, or a CR or other control byte inside the
+    /// line, is refused: a proxy in front could see a line end there that this server does not
+    /// (CVE-2025-22871 in Go was the bare LF case).
     fn read_chunk_line(&mut self) -> io::Result<Vec<u8>> {
         let mut line = Vec::new();
         loop {
@@ -141,8 +143,11 @@ impl<'a> BodyReader<'a> {
             if let Some(pos) = buffered.iter().position(|&b| b == b'\n') {
                 line.extend_from_slice(&buffered[..pos]);
                 self.conn.consume(pos + 1);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
+                if line.pop() != Some(b'\r') {
+                    return Err(bad_chunk("chunked line ends in a bare LF instead of CRLF"));
+                }
+                if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                    return Err(bad_chunk("control character in a chunk-size or trailer line"));
                 }
                 return Ok(line);
             }
