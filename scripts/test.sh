@@ -28,6 +28,10 @@ fi
 step "unit and end-to-end tests"
 cargo test --release --locked -- --test-threads=4
 
+step "handler panics, on a build with fault injection (its own target folder)"
+CARGO_TARGET_DIR=target/fault-injection cargo test --release --locked \
+  --features fault-injection --test handler_panic
+
 if [ -n "${STREAMSERVER_TEST_S3_ENDPOINT:-}" ]; then
   step "streaming, conformance and flow-control tests against the S3 bucket in proxy mode"
   STREAMSERVER_TEST_BACKEND=s3 cargo test --release --locked \

@@ -9,10 +9,12 @@
 //! - [`multipart`]: the streaming `multipart/form-data` parser uploads go through;
 //! - [`storage`]: where videos live;
 //! - [`api`]: the JSON answer format and the error-to-status mapping;
-//! - [`config`]: `conf.json`.
+//! - [`config`], which reads `conf.json`;
+//! - [`fault`], panics on request for the tests, built only with the `fault-injection` feature.
 
 pub mod api;
 pub mod config;
+pub mod fault;
 pub mod handlers;
 pub mod http;
 pub mod limiter;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::api::{ApiError, ApiResult};
 use crate::config::Config;
+use crate::fault;
 use crate::limiter::Limiter;
 use crate::routes::{route, Route};
 use crate::server::body::BodyReader;
@@ -47,6 +48,7 @@ impl App {
 
     /// Serves one request whose limiter token is already held.
     pub fn handle(&self, request: &Request, body: &mut BodyReader) -> Response {
+        fault::inject(request, fault::Point::HandlerStart);
         let result = route(&request.method, request.path()).and_then(|r| self.dispatch(r, request, body));
         let mut response = result.unwrap_or_else(|error| {
             log::debug!("{} {}: {error}", request.method.as_str(), request.target.escape_debug());

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use super::{storage_error, App};
 use crate::api::{ApiError, ApiResult};
+use crate::fault;
 use crate::multipart::{boundary_from_content_type, MultipartError, MultipartReader};
 use crate::server::body::{bad_chunk_reason, is_too_large, BodyReader};
 use crate::server::request::{BodyFraming, Request};
@@ -55,7 +56,7 @@ pub fn receive(app: &App, request: &Request, body: &mut BodyReader, id: &str) ->
 
     let temp = TempFile::create(app.storage.staging_dir(), id).map_err(|e| storage_error(e, id))?;
     body.set_limit(app.config.max_upload_bytes);
-    let size = copy_file_field(body, &boundary, &temp, app.config.max_upload_bytes)?;
+    let size = copy_file_field(request, body, &boundary, &temp, app.config.max_upload_bytes)?;
     read_body_end(body)?;
 
     app.storage.commit(&temp.path, id, overwrite).map_err(|e| storage_error(e, id))?;
@@ -104,6 +105,7 @@ fn wants_overwrite(query: Option<&str>) -> bool {
 
 /// Reads every part, writing the first `file` part to `temp`. Returns its size.
 fn copy_file_field(
+    request: &Request,
     body: &mut BodyReader,
     boundary: &[u8],
     temp: &TempFile,
@@ -130,6 +132,7 @@ fn copy_file_field(
                 start_writeback(&temp.file);
             }
             written += n as u64;
+            fault::inject(request, fault::Point::MidUpload);
         }
         size = Some(written);
     }

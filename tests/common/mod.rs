@@ -205,7 +205,7 @@ fn spawn_server(config_path: &Path, port: u16, log_path: &Path, options: &Launch
     let mut command = Command::new(env!("CARGO_BIN_EXE_streamserver"));
     command
         .arg("--config")
-        .arg(&config_path)
+        .arg(config_path)
         .arg("--listen")
         .arg(format!("{}:{port}", options.listen_ip))
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
