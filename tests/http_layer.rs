@@ -959,7 +959,9 @@ fn malformed_chunks_get_400() {
     let server = TestServer::start(json!({}));
     let body = multipart_body(BOUNDARY, "file", "clip.mp4", b"0123456789");
     let size = format!("{:x}", body.len());
-    let cases: [(&str, Vec<u8>, &str); 6] = [
+    let long_extension = format!(";x={}", "a".repeat(5000));
+    let many_trailers = "X-Trailer: 0123456789abcdef\r\n".repeat(700);
+    let cases: [(&str, Vec<u8>, &str); 8] = [
         ("bad.mp4", [b"zz\r\n".as_slice(), &body, b"\r\n0\r\n\r\n"].concat(), "chunk size is not hex"),
         (
             "long.mp4",
@@ -982,6 +984,16 @@ fn malformed_chunks_get_400() {
             "lf-last.mp4",
             [size.as_bytes(), b"\r\n", &body, b"\r\n0\r\n\n"].concat(),
             "chunked line ends in a bare LF instead of CRLF",
+        ),
+        (
+            "long-line.mp4",
+            [size.as_bytes(), long_extension.as_bytes(), b"\r\n", &body, b"\r\n0\r\n\r\n"].concat(),
+            "chunk-size or trailer line too long",
+        ),
+        (
+            "trailers.mp4",
+            [size.as_bytes(), b"\r\n", &body, b"\r\n0\r\n", many_trailers.as_bytes(), b"\r\n"].concat(),
+            "trailer section longer than 16 KiB",
         ),
         (
             "cr-ext.mp4",

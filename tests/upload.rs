@@ -235,6 +235,42 @@ fn trickled_epilogue_is_cut_off_at_once() {
 }
 
 #[test]
+fn trickled_trailers_are_cut_off_at_once() {
+    let server = TestServer::start(json!({"idle_timeout_secs": 10}));
+    let data = pattern(20_000);
+    let body = multipart_body(BOUNDARY, "file", "clip.mp4", &data);
+
+    let mut stream = server.connect();
+    let head = format!(
+        "POST /upload/trailers.mp4 HTTP/1.1\r\nHost: t\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        form_data(BOUNDARY),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body).unwrap();
+    stream.write_all(b"\r\n0\r\n").unwrap();
+    let started = Instant::now();
+    // One short trailer line every 50 ms, each arriving well within any per-read timeout.
+    let mut trickler = stream.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if trickler.write_all(b"X-T: 1\r\n").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+
+    let response = read_response(&mut stream, false).unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status, 201, "{}", response.text());
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(waited < Duration::from_secs(3), "the 201 took {waited:?}; the trailers take 5 s to trickle in");
+    drop(stream);
+    trickle.join().unwrap();
+}
+
+#[test]
 fn existing_id_is_409_and_untouched() {
     let server = TestServer::start(json!({}));
     server.put_video("clip.mp4", b"original bytes");

@@ -149,18 +149,11 @@ fn copy_file_field(
 /// have read the message differently.
 fn read_body_end(body: &mut BodyReader) -> Result<(), ApiError> {
     let usual_timeout = body.stream().read_timeout().ok().flatten();
-    let deadline = Instant::now() + BODY_END_WAIT;
+    body.set_deadline(Some(Instant::now() + BODY_END_WAIT));
     let mut scratch = [0u8; 8192];
     let mut read = 0;
 
     let result = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break Err(io::Error::new(io::ErrorKind::TimedOut, "the deadline passed"));
-        }
-        if let Err(e) = body.stream().set_read_timeout(Some(left)) {
-            break Err(e);
-        }
         let want = scratch.len().min((MAX_EPILOGUE - read) as usize);
         match io::Read::read(body, &mut scratch[..want]) {
             Ok(0) => break Ok(()),
@@ -171,6 +164,7 @@ fn read_body_end(body: &mut BodyReader) -> Result<(), ApiError> {
         }
     };
 
+    body.set_deadline(None);
     if let Err(e) = body.stream().set_read_timeout(usual_timeout) {
         log::warn!("cannot restore the read timeout after an upload: {e}; the connection keeps a {BODY_END_WAIT:?} timeout");
     }

@@ -1,5 +1,5 @@
-//! Reading a request body: `Content-Length` and chunked framing, `100 Continue` and the size
-//! limit.
+//! Reading a request body: `Content-Length` and chunked framing, `100 Continue`, the size
+//! limit and an optional deadline.
 //!
 //! [`BodyReader`] sends `100 Continue` on the first read, so a handler that rejects a request
 //! before reading (413, 409, 401) never invites the client to send its body. After the handler,
@@ -9,6 +9,7 @@
 //! a request and no worker waits for a body nobody needs.
 
 use std::io::{self, Read};
+use std::time::Instant;
 
 use crate::server::conn::Connection;
 use crate::server::request::BodyFraming;
@@ -20,6 +21,9 @@ const MAX_SKIPPED_BYTES: u64 = 256 * 1024;
 
 /// Maximum length of a chunk-size or trailer line.
 const MAX_CHUNK_LINE: usize = 4096;
+
+/// Maximum length of a chunked body's trailer section, which counts toward no upload limit.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 /// An I/O error kind payload that marks a body over the limit, so handlers can tell it from a
 /// client that hung up.
@@ -70,6 +74,10 @@ pub struct BodyReader<'a> {
     consumed: u64,
     /// Reads come only from the connection's buffer and fail with `WouldBlock` past it.
     buffered_only: bool,
+    /// The instant after which reads fail with `TimedOut`, however slowly bytes trickle in.
+    deadline: Option<Instant>,
+    /// Bytes of trailer lines read so far.
+    trailer_bytes: usize,
 }
 
 impl<'a> BodyReader<'a> {
@@ -80,12 +88,28 @@ impl<'a> BodyReader<'a> {
             BodyFraming::Chunked => State::ChunkSize,
         };
         let continue_pending = expect_continue && state != State::Done;
-        BodyReader { conn, state, continue_pending, limit: None, consumed: 0, buffered_only: false }
+        BodyReader {
+            conn,
+            state,
+            continue_pending,
+            limit: None,
+            consumed: 0,
+            buffered_only: false,
+            deadline: None,
+            trailer_bytes: 0,
+        }
     }
 
     /// Fails reads with [`BodyTooLarge`] once more than `limit` bytes have been read.
     pub fn set_limit(&mut self, limit: u64) {
         self.limit = Some(limit);
+    }
+
+    /// Makes reads fail with `TimedOut` once `deadline` passes: every wait on the socket is cut
+    /// to the time left, so a client that trickles a line byte by byte cannot hold the reader
+    /// past it. The socket keeps the last timeout set, so the caller restores its own.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 
     /// Declared length of a Content-Length body, if it has one.
@@ -134,8 +158,8 @@ impl<'a> BodyReader<'a> {
 
     /// Reads a chunk-size, chunk-end or trailer line and returns it without its CRLF. RFC 9112
     /// §7.1 ends these lines in CRLF only. A bare LF, or a CR or other control byte inside the
-    /// line, is refused: a proxy in front could see a line end there that this server does not
-    /// (CVE-2025-22871 in Go was the bare LF case).
+    /// line, is rejected, because a proxy in front could see a line end there that this server
+    /// does not (CVE-2025-22871 in Go was the bare LF case).
     fn read_chunk_line(&mut self) -> io::Result<Vec<u8>> {
         let mut line = Vec::new();
         loop {
@@ -143,6 +167,9 @@ impl<'a> BodyReader<'a> {
             if let Some(pos) = buffered.iter().position(|&b| b == b'\n') {
                 line.extend_from_slice(&buffered[..pos]);
                 self.conn.consume(pos + 1);
+                if line.len() > MAX_CHUNK_LINE + 1 {
+                    return Err(bad_chunk("chunk-size or trailer line too long"));
+                }
                 if line.pop() != Some(b'\r') {
                     return Err(bad_chunk("chunked line ends in a bare LF instead of CRLF"));
                 }
@@ -160,10 +187,21 @@ impl<'a> BodyReader<'a> {
             if self.buffered_only {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
+            self.cut_wait_to_deadline()?;
             if self.conn.fill()? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
+    }
+
+    /// Cuts the socket's read timeout to the time left before the deadline, if one is set.
+    fn cut_wait_to_deadline(&mut self) -> io::Result<()> {
+        let Some(deadline) = self.deadline else { return Ok(()) };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "body read timed out: its deadline passed"));
+        }
+        self.conn.stream.set_read_timeout(Some(left))
     }
 
     fn read_chunk_size(&mut self) -> io::Result<u64> {
@@ -209,8 +247,13 @@ impl<'a> BodyReader<'a> {
                     return Ok(n);
                 }
                 State::Trailers => {
-                    if self.read_chunk_line()?.is_empty() {
+                    let line = self.read_chunk_line()?;
+                    if line.is_empty() {
                         self.state = State::Done;
+                    }
+                    self.trailer_bytes += line.len() + 2;
+                    if self.trailer_bytes > MAX_TRAILER_BYTES {
+                        return Err(bad_chunk("trailer section longer than 16 KiB"));
                     }
                 }
             }
@@ -219,8 +262,11 @@ impl<'a> BodyReader<'a> {
 
     fn read_data(&mut self, out: &mut [u8], remaining: u64) -> io::Result<usize> {
         let want = remaining.min(out.len() as u64) as usize;
-        if self.buffered_only && self.conn.buffered().is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
+        if self.conn.buffered().is_empty() {
+            if self.buffered_only {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.cut_wait_to_deadline()?;
         }
         let n = self.conn.read_body(&mut out[..want])?;
         if n == 0 {
