@@ -21,7 +21,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -199,6 +199,29 @@ fn short_body_answered_at_once() {
     assert!(std::fs::read(server.video_dir.join("short.mp4")).unwrap() == data, "stored file differs");
 }
 
+/// Writes `piece` every 50 ms, 100 times (5 s), after the upload already sent on `stream`,
+/// and checks that the 201 arrives with `Connection: close` long before the trickle ends.
+fn assert_cut_off_while_trickling(mut stream: TcpStream, piece: &'static [u8]) {
+    let started = Instant::now();
+    let mut trickler = stream.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if trickler.write_all(piece).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+
+    let response = read_response(&mut stream, false).unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status, 201, "{}", response.text());
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(waited < Duration::from_secs(3), "the 201 took {waited:?}; the rest takes 5 s to trickle in");
+    drop(stream);
+    trickle.join().unwrap();
+}
+
 #[test]
 fn trickled_epilogue_is_cut_off_at_once() {
     let server = TestServer::start(json!({"idle_timeout_secs": 10}));
@@ -214,24 +237,8 @@ fn trickled_epilogue_is_cut_off_at_once() {
     );
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(&body).unwrap();
-    let started = Instant::now();
-    let mut trickler = stream.try_clone().unwrap();
-    let trickle = std::thread::spawn(move || {
-        for _ in 0..epilogue_len {
-            if trickler.write_all(b"e").is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
 
-    let response = read_response(&mut stream, false).unwrap();
-    let waited = started.elapsed();
-    assert_eq!(response.status, 201, "{}", response.text());
-    assert_eq!(response.header("connection"), Some("close"));
-    assert!(waited < Duration::from_secs(3), "the 201 took {waited:?}; the epilogue takes 5 s to trickle in");
-    drop(stream);
-    trickle.join().unwrap();
+    assert_cut_off_while_trickling(stream, b"e");
 }
 
 #[test]
@@ -249,25 +256,9 @@ fn trickled_trailers_are_cut_off_at_once() {
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(&body).unwrap();
     stream.write_all(b"\r\n0\r\n").unwrap();
-    let started = Instant::now();
-    // One short trailer line every 50 ms, each arriving well within any per-read timeout.
-    let mut trickler = stream.try_clone().unwrap();
-    let trickle = std::thread::spawn(move || {
-        for _ in 0..100 {
-            if trickler.write_all(b"X-T: 1\r\n").is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
 
-    let response = read_response(&mut stream, false).unwrap();
-    let waited = started.elapsed();
-    assert_eq!(response.status, 201, "{}", response.text());
-    assert_eq!(response.header("connection"), Some("close"));
-    assert!(waited < Duration::from_secs(3), "the 201 took {waited:?}; the trailers take 5 s to trickle in");
-    drop(stream);
-    trickle.join().unwrap();
+    // One short trailer line at a time, each arriving well within any per-read timeout.
+    assert_cut_off_while_trickling(stream, b"X-T: 1\r\n");
 }
 
 #[test]
