@@ -137,7 +137,7 @@ fn shut_down(server: &mut Server, app: &App, grace: Duration) {
     let busy = server.running_workers();
     if busy > 0 {
         log::warn!(
-            "shutdown grace of {}s ran out; cutting off {busy} requests in flight",
+            "shutdown grace of {}s ran out; cutting off the requests in flight ({busy})",
             grace.as_secs()
         );
     }

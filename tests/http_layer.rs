@@ -1061,6 +1061,9 @@ fn malformed_heads_get_json_errors() {
         "not_implemented",
         "not supported: Transfer-Encoding \"gzip\"; send the body with Content-Length or chunked",
     );
+    // The access line of a head that did not parse has no path, but counts the JSON body sent.
+    let access = format!("\"-\" 501 {} 0ms (not_implemented)", gzip.body.len());
+    assert!(server.log().contains(&access), "no line with {access:?} in the log:\n{}", server.log());
 
     assert_serving(&server, "after malformed heads");
 }

@@ -696,7 +696,7 @@ fn sigterm_cuts_off_upload_stalled_past_grace() {
     assert_eq!(file_names(&server.video_dir), ["kept.mp4"]);
     assert!(std::fs::read(server.video_dir.join("kept.mp4")).unwrap() == old);
     let log = server.log();
-    assert!(log.contains("shutdown grace of 1s ran out; cutting off 1 requests in flight"), "log:\n{log}");
+    assert!(log.contains("shutdown grace of 1s ran out; cutting off the requests in flight (1)"), "log:\n{log}");
     assert!(log.contains("removed 1 upload temporary files of cut-off uploads"), "log:\n{log}");
 
     let mut answer = Vec::new();
@@ -715,7 +715,7 @@ fn sigterm_cuts_off_download_past_grace() {
 
     assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
     let log = server.log();
-    assert!(log.contains("shutdown grace of 1s ran out; cutting off 1 requests in flight"), "log:\n{log}");
+    assert!(log.contains("shutdown grace of 1s ran out; cutting off the requests in flight (1)"), "log:\n{log}");
     let _ = download.stream.read_to_end(&mut download.received);
     assert!(download.received.len() < BIG, "the whole file arrived although the download was cut off");
 }

@@ -353,6 +353,13 @@ fn non_multipart_is_415() {
     for content_type in ["application/octet-stream", "video/mp4", "multipart/mixed; boundary=BOUNDARYxyz", "text/plain"] {
         let response = post(&server, "clip.mp4", content_type, &body);
         assert_error(&response, 415, "not_multipart");
+        assert_eq!(
+            response.json()["error"]["message"],
+            format!(
+                "the upload must be multipart/form-data with a boundary: the Content-Type is {content_type:?}; \
+                 send the file as a form field, as curl -F file=@clip.mp4 does"
+            )
+        );
     }
 
     let request = format!(
@@ -361,7 +368,13 @@ fn non_multipart_is_415() {
     );
     let mut request = request.into_bytes();
     request.extend_from_slice(&body);
-    assert_error(&server.exchange(&request), 415, "not_multipart");
+    let response = server.exchange(&request);
+    assert_error(&response, 415, "not_multipart");
+    assert_eq!(
+        response.json()["error"]["message"],
+        "the upload must be multipart/form-data with a boundary: the request has no Content-Type; \
+         send the file as a form field, as curl -F file=@clip.mp4 does"
+    );
 
     assert_eq!(file_names(&server.video_dir), Vec::<String>::new());
 }

@@ -82,8 +82,7 @@ fn check_before_body(
     }
 
     let content_type = request.header("content-type").unwrap_or("");
-    let boundary = boundary_from_content_type(content_type)
-        .map_err(|e| ApiError::NotMultipart(e.to_string()))?;
+    let boundary = boundary_from_content_type(content_type).map_err(|e| not_multipart(e, content_type))?;
 
     if request.body == BodyFraming::Empty && request.header("content-length").is_none() {
         return Err(ApiError::LengthRequired);
@@ -92,6 +91,20 @@ fn check_before_body(
         return Err(ApiError::VideoExists(id.to_string()));
     }
     Ok(boundary)
+}
+
+/// Builds the 415 for a `Content-Type` that names no multipart form, saying what the request sent.
+fn not_multipart(error: MultipartError, content_type: &str) -> ApiError {
+    let why = match error {
+        MultipartError::NotMultipart if content_type.is_empty() => {
+            "the request has no Content-Type; send the file as a form field, as curl -F file=@clip.mp4 does".to_string()
+        }
+        MultipartError::NotMultipart => format!(
+            "the Content-Type is {content_type:?}; send the file as a form field, as curl -F file=@clip.mp4 does"
+        ),
+        other => other.to_string(),
+    };
+    ApiError::NotMultipart(why)
 }
 
 /// True for `?overwrite=true` (or `1`) among the query parameters.

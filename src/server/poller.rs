@@ -215,7 +215,7 @@ impl Poller {
             self.rejected_for_cap += 1;
             if self.rejected_for_cap.is_power_of_two() {
                 log::warn!(
-                    "open connections at max_connections ({}); closed {} new connections so far",
+                    "open connections at max_connections ({}); new connections closed so far: {}",
                     self.settings.max_connections,
                     self.rejected_for_cap
                 );
@@ -375,14 +375,16 @@ impl Poller {
 
     /// Answers a head the workers never see, then lingers before closing.
     fn reject(&mut self, mut conn: Connection, error: ApiError) -> Parked {
+        // The head did not parse, so the line has no method or path.
+        let written = write_response(&mut conn.stream, error.to_response(), false, Framing::Close);
         log::info!(
             target: "streamserver::access",
-            "{} \"-\" {} 0 0ms ({})",
+            "{} \"-\" {} {} 0ms ({})",
             conn.peer,
             error.status(),
+            written.unwrap_or(0),
             error.code()
         );
-        let _ = write_response(&mut conn.stream, error.to_response(), false, Framing::Close);
         let _ = conn.stream.shutdown(Shutdown::Write);
         conn.consume(conn.buffered().len());
         Parked { conn, phase: Phase::Lingering, deadline: Instant::now() + LINGER }
