@@ -181,14 +181,12 @@ fn read_body_end(body: &mut BodyReader) -> Result<(), ApiError> {
     if let Err(e) = body.stream().set_read_timeout(usual_timeout) {
         log::warn!("cannot restore the read timeout after an upload: {e}; the connection keeps a {BODY_END_WAIT:?} timeout");
     }
-    match result {
-        Err(e) if bad_chunk_reason(&e).is_some() => Err(body_error(MultipartError::Io(e), u64::MAX)),
-        Err(e) => {
-            log::debug!("the upload body did not end within {BODY_END_WAIT:?} after its closing boundary: {e}; closing the connection after the response");
-            Ok(())
-        }
-        Ok(()) => Ok(()),
+    let Err(e) = result else { return Ok(()) };
+    if let Some(why) = bad_chunk_reason(&e) {
+        return Err(malformed_chunks(why));
     }
+    log::debug!("the upload body did not end within {BODY_END_WAIT:?} after its closing boundary: {e}; closing the connection after the response");
+    Ok(())
 }
 
 /// Asks the kernel to start writing the file's dirty pages to disk without waiting for them.
@@ -202,12 +200,17 @@ fn start_writeback(file: &File) {
     }
 }
 
+/// Builds the 400 for a chunked body that breaks its framing.
+fn malformed_chunks(why: &str) -> ApiError {
+    ApiError::BadRequest(format!("malformed chunked body: {why}"))
+}
+
 /// Maps a failure while reading the multipart body to the error the client gets.
 fn body_error(error: MultipartError, limit: u64) -> ApiError {
     match error {
         MultipartError::Io(e) if is_too_large(&e) => ApiError::UploadTooLarge { limit },
         MultipartError::Io(e) => match bad_chunk_reason(&e) {
-            Some(why) => ApiError::BadRequest(format!("malformed chunked body: {why}")),
+            Some(why) => malformed_chunks(why),
             None => {
                 log::info!("upload body read failed: {e}");
                 incomplete_or_io(e)
