@@ -19,12 +19,12 @@ pub enum Point {
 /// Panics when the request's `X-Fault` header names `point`.
 #[cfg(feature = "fault-injection")]
 pub fn inject(request: &Request, point: Point) {
-    let wanted = match request.header("x-fault") {
+    let requested = match request.header("x-fault") {
         Some("panic") => Point::HandlerStart,
         Some("panic-mid-upload") => Point::MidUpload,
         _ => return,
     };
-    if wanted == point {
+    if requested == point {
         panic!("fault injected at {point:?} by the X-Fault header");
     }
 }

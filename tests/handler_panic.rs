@@ -2,7 +2,7 @@
 //! (src/fault.rs), which makes a request with an `X-Fault` header panic on purpose.
 //!
 //! Covers:
-//! - a panic before routing answers 500 `internal_error` as JSON with `Connection: close`,
+//! - a panic before routing returns 500 `internal_error` as JSON with `Connection: close`,
 //!   the log names the request and the panic, and the server keeps serving;
 //! - 60 panics with `max_conns: 20` leave every token returned and every worker serving: 20
 //!   downloads at once still succeed;
@@ -49,7 +49,7 @@ fn wait_for_no_tokens(server: &TestServer) {
     }
 }
 
-/// The names in `dir`, sorted; upload temporary files included.
+/// Lists the names in `dir`, sorted, upload temporary files included.
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> =
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -57,8 +57,8 @@ fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Sends `request` on a new connection and reads the answer. The server may close while the
-/// body is still being written, so a failed write is expected and only the answer counts.
+/// Sends `request` on a new connection and reads the response. The server may close while the
+/// body is still being written, so a failed write is expected and only the response counts.
 fn send_and_read(server: &TestServer, request: &[u8]) -> (Response, Vec<u8>) {
     let mut stream = server.connect();
     let _ = stream.write_all(request);
@@ -155,7 +155,7 @@ fn overwrite_that_panics_keeps_the_old_video() {
 fn keep_alive_connection_closes_after_a_panic() {
     let server = TestServer::start(json!({}));
     server.put_video("a.mp4", b"abc");
-    // The upload panics after its first block, with most of its body unread; the GET behind it
+    // The upload panics after its first block, with most of its body unread. The GET behind it
     // must get no response, and no body bytes may be parsed as a request.
     let mut requests = upload_request("x.mp4", &pattern(2 << 20), "X-Fault: panic-mid-upload\r\n");
     requests.extend_from_slice(b"GET /videos/a.mp4 HTTP/1.1\r\nHost: t\r\n\r\n");

@@ -177,7 +177,7 @@ enum Outcome {
 
 /// Decodes a chunked body (RFC 9112 §7.1) with the server's documented leniency: spaces and
 /// tabs between the size and an extension are ignored. Every line ends in CRLF and contains no
-/// other control byte than a tab; extensions and trailer fields are otherwise skipped
+/// other control byte than a tab. Extensions and trailer fields are otherwise skipped
 /// unchecked, and the size is at most 15 hex digits.
 fn decode_reference(body: &[u8]) -> Reference {
     let mut content = Vec::new();

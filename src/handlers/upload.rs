@@ -95,7 +95,7 @@ fn check_before_body(
 
 /// Builds the 415 for a `Content-Type` that names no multipart form, saying what the request sent.
 fn not_multipart(error: MultipartError, content_type: &str) -> ApiError {
-    let why = match error {
+    let reason = match error {
         MultipartError::NotMultipart if content_type.is_empty() => {
             "the request has no Content-Type; send the file as a form field, as curl -F file=@clip.mp4 does".to_string()
         }
@@ -104,7 +104,7 @@ fn not_multipart(error: MultipartError, content_type: &str) -> ApiError {
         ),
         other => other.to_string(),
     };
-    ApiError::NotMultipart(why)
+    ApiError::NotMultipart(reason)
 }
 
 /// True for `?overwrite=true` (or `1`) among the query parameters.
@@ -182,8 +182,8 @@ fn read_body_end(body: &mut BodyReader) -> Result<(), ApiError> {
         log::warn!("cannot restore the read timeout after an upload: {e}; the connection keeps a {BODY_END_WAIT:?} timeout");
     }
     let Err(e) = result else { return Ok(()) };
-    if let Some(why) = bad_chunk_reason(&e) {
-        return Err(malformed_chunks(why));
+    if let Some(reason) = bad_chunk_reason(&e) {
+        return Err(malformed_chunks(reason));
     }
     log::debug!("the upload body did not end within {BODY_END_WAIT:?} after its closing boundary: {e}; closing the connection after the response");
     Ok(())
@@ -201,8 +201,8 @@ fn start_writeback(file: &File) {
 }
 
 /// Builds the 400 for a chunked body that breaks its framing.
-fn malformed_chunks(why: &str) -> ApiError {
-    ApiError::BadRequest(format!("malformed chunked body: {why}"))
+fn malformed_chunks(reason: &str) -> ApiError {
+    ApiError::BadRequest(format!("malformed chunked body: {reason}"))
 }
 
 /// Maps a failure while reading the multipart body to the error the client gets.
@@ -210,7 +210,7 @@ fn body_error(error: MultipartError, limit: u64) -> ApiError {
     match error {
         MultipartError::Io(e) if is_too_large(&e) => ApiError::UploadTooLarge { limit },
         MultipartError::Io(e) => match bad_chunk_reason(&e) {
-            Some(why) => malformed_chunks(why),
+            Some(reason) => malformed_chunks(reason),
             None => {
                 log::info!("upload body read failed: {e}");
                 incomplete_or_io(e)
