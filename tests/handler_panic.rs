@@ -6,7 +6,7 @@
 //!   the log names the request and the panic, and the server keeps serving;
 //! - 60 panics with `max_conns: 20` leave every token returned and every worker serving: 20
 //!   downloads at once still succeed;
-//! - an upload that panics after writing part of its file answers 500, leaves no temporary
+//! - an upload that panics after writing part of its file returns 500, leaves no temporary
 //!   file and no video, and an existing video it would replace stays byte-exact;
 //! - a keep-alive connection whose request panicked is closed, so no unread body bytes can be
 //!   parsed as a request.
@@ -35,8 +35,8 @@ fn assert_internal_error(response: &Response) {
     );
 }
 
-/// Polls `/healthz` until no token is in use, for at most 5 s; the worker returns its token
-/// just after the response is written.
+/// Polls `/healthz` until no token is in use, for at most 5 s. The worker returns its token
+/// only after the response is written, so the first poll may still count it.
 fn wait_for_no_tokens(server: &TestServer) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -78,7 +78,7 @@ fn upload_request(id: &str, bytes: &[u8], extra: &str) -> Vec<u8> {
 }
 
 #[test]
-fn panic_answers_500_and_the_server_goes_on() {
+fn panic_returns_500_then_serves() {
     let server = TestServer::start(json!({}));
     server.put_video("a.mp4", b"0123456789");
 

@@ -225,7 +225,7 @@ fn decode_reference(body: &[u8]) -> Reference {
 /// A line that does not end in CRLF or contains a control byte other than a tab.
 struct Malformed;
 
-/// Returns the line at `position` without its CR LF and moves past it, or `None` when no LF
+/// Returns the line at `position` without its CRLF and moves past it, or `None` when no LF
 /// follows.
 fn next_line<'a>(body: &'a [u8], position: &mut usize) -> Option<Result<&'a [u8], Malformed>> {
     let rest = &body[*position..];

@@ -158,8 +158,8 @@ fn copy_file_field(
 /// and trailers, which may still be on their way when the closing boundary has been parsed.
 /// Reading them keeps the connection open for the client's next request. A rest that is
 /// longer or late is left to the worker, which then closes the connection. Broken chunked
-/// framing fails the upload like a broken chunk before the boundary: a proxy in front may
-/// have read the message differently.
+/// framing fails the upload like a broken chunk before the boundary, because a proxy in front
+/// may have read the message differently.
 fn read_body_end(body: &mut BodyReader) -> Result<(), ApiError> {
     let usual_timeout = body.stream().read_timeout().ok().flatten();
     body.set_deadline(Some(Instant::now() + BODY_END_WAIT));

@@ -22,7 +22,8 @@ const MAX_SKIPPED_BYTES: u64 = 256 * 1024;
 /// Maximum length of a chunk-size or trailer line.
 const MAX_CHUNK_LINE: usize = 4096;
 
-/// Maximum length of a chunked body's trailer section, which counts toward no upload limit.
+/// Maximum length of a chunked body's trailer section. Trailer bytes count toward no upload
+/// limit, so this bounds them.
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 /// An I/O error kind payload that marks a body over the limit, so handlers can tell it from a
