@@ -17,17 +17,21 @@
 //! instead of parking the connection. A stale event, for a connection that left the workers,
 //! has an old generation and is dropped.
 //!
-//! Idle workers do not all wait in epoll: the kernel wakes a waiting worker for every event,
-//! even when a busy worker would take it a few microseconds later without sleeping. So an idle
-//! worker waits in epoll only while fewer than `busy_limit` workers are busy. Otherwise it waits
-//! on the bench, whose first worker looks for work every [`BENCH_POLL`] and, after
-//! [`BENCH_POLLS`] looks that find nothing, waits in epoll itself. A busy worker that
-//! starts a long wait on a client ([`JobQueue::step_out`]) stops counting as busy.
+//! At most one idle worker waits in epoll, on its one seat: the kernel would wake a waiting
+//! worker for every event, even when a busy worker would take it a few microseconds later
+//! without sleeping, and with several waiting it wakes the one that has waited longest, whose
+//! cache is the coldest. A worker takes the seat only while fewer than `busy_limit` workers
+//! are busy. The other idle workers wait on the bench, whose first worker looks for work
+//! every [`BENCH_POLL`] while a worker is busy. It takes a pending event only when the busy
+//! workers took no work since its last look, which means they are stuck on slow clients; a
+//! busy worker that keeps up serves the events itself, as one event loop does. With no
+//! worker busy and one on the seat, the first worker rests until work is taken. A busy
+//! worker that starts a long wait on a client ([`JobQueue::step_out`]) stops counting as busy.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -38,12 +42,12 @@ use crate::server::Job;
 /// takes it back. The poller checks on its tick, so the real time is up to one tick longer.
 pub const WATCH_WINDOW: Duration = Duration::from_millis(100);
 
-/// How often the first worker on the bench looks for work that no busy worker took.
+/// How often the first worker on the bench looks for work that no busy worker took. This
+/// bounds how long a request waits behind workers stuck on slow clients.
 const BENCH_POLL: Duration = Duration::from_millis(1);
 
-/// Looks that find nothing before the first worker on the bench waits in epoll instead. Under
-/// load the busy workers take each request within a few looks. When the looks keep finding
-/// nothing, a wake-up per request costs less than a thousand looks a second.
+/// Looks with no worker busy and one on the seat in epoll before the first worker on the bench
+/// rests, so that an idle server makes no wake-ups.
 const BENCH_POLLS: usize = 10;
 
 /// The epoll token of the eventfd that counts queued jobs.
@@ -133,15 +137,25 @@ struct Inner {
     epoll: OwnedFd,
     jobs_signal: OwnedFd,
     state: Mutex<State>,
-    /// Workers blocked in `epoll_wait` now.
+    /// 1 while a worker waits in `epoll_wait`, its only seat; 0 otherwise.
     waiting: AtomicUsize,
     /// Workers serving a request now, except those in a long wait on a client.
     busy: AtomicUsize,
     busy_limit: usize,
+    /// Pieces of work taken so far, so the bench's first worker can tell busy workers that
+    /// keep up from busy workers that are stuck.
+    taken: AtomicUsize,
     bench: Mutex<Bench>,
+    /// Where the workers behind the bench's first one wait.
     bench_call: Condvar,
+    /// Where the bench's first worker waits between looks, and rests.
+    head_call: Condvar,
     /// Workers on the bench, changed under its lock and read without it.
     sitting: AtomicUsize,
+    /// The bench's first worker rests instead of looking every [`BENCH_POLL`].
+    head_resting: AtomicBool,
+    /// Set by [`JobQueue::close`]; the bench's first worker leaves.
+    closed: AtomicBool,
 }
 
 /// Idle workers kept out of epoll while enough workers are busy.
@@ -183,9 +197,13 @@ impl JobQueue {
             waiting: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
             busy_limit: busy_limit.max(1),
+            taken: AtomicUsize::new(0),
             bench: Mutex::default(),
             bench_call: Condvar::new(),
+            head_call: Condvar::new(),
             sitting: AtomicUsize::new(0),
+            head_resting: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         };
         Ok(JobQueue { inner: Arc::new(inner) })
     }
@@ -275,18 +293,27 @@ impl JobQueue {
     /// Waits for the next piece of work. The caller counts as busy until the returned guard
     /// drops. Returns `None` once the queue is closed and every queued job has been taken.
     pub fn next(&self) -> Option<(Work, Busy<'_>)> {
-        let work = self.next_work()?;
-        self.inner.busy.fetch_add(1, Ordering::Relaxed);
+        let (work, seated) = self.next_work()?;
+        let busy = self.inner.busy.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inner.taken.fetch_add(1, Ordering::Relaxed);
+
+        // A worker that left the seat in epoll calls the bench's first worker to take it at
+        // once when more workers may be busy. A resting first worker is called back to its
+        // looks, as a busy worker may get stuck.
+        let hand_over_seat = seated && busy < self.inner.busy_limit && self.inner.sitting.load(Ordering::SeqCst) > 0;
+        if hand_over_seat || (self.inner.head_resting.load(Ordering::SeqCst) && self.needs_watch()) {
+            self.call_head();
+        }
         Some((work, Busy { queue: self }))
     }
 
     /// Stops counting the calling worker as busy until the guard drops, for a wait on a client
-    /// that may be long: streaming a large body or receiving an upload. If that leaves no
-    /// worker waiting in epoll while others could, one is called off the bench.
+    /// that may be long: streaming a large body or receiving an upload. If that leaves the
+    /// seat in epoll empty while fewer workers are busy, the bench's first worker is called.
     pub fn step_out(&self) -> SteppedOut<'_> {
-        let busy = self.inner.busy.fetch_sub(1, Ordering::Relaxed) - 1;
-        if busy < self.inner.busy_limit && self.inner.waiting.load(Ordering::Relaxed) == 0 {
-            self.inner.bench_call.notify_one();
+        let busy = self.inner.busy.fetch_sub(1, Ordering::SeqCst) - 1;
+        if busy < self.inner.busy_limit && self.inner.waiting.load(Ordering::SeqCst) == 0 {
+            self.call_head();
         }
         SteppedOut { queue: self }
     }
@@ -296,13 +323,15 @@ impl JobQueue {
         self.inner.waiting.load(Ordering::Relaxed) + self.inner.sitting.load(Ordering::Relaxed)
     }
 
-    fn next_work(&self) -> Option<Work> {
+    /// Returns the next piece of work, and whether the worker waited for it on the seat in
+    /// epoll.
+    fn next_work(&self) -> Option<(Work, bool)> {
         loop {
-            let ready = self.wait_for_event();
+            let (ready, seated) = self.wait_for_event();
             if ready.token != JOBS_SIGNAL {
                 let (slot, generation) = ((ready.token & 0xffff_ffff) as usize, (ready.token >> 32) as u32);
                 match self.take(slot, generation, ready.events) {
-                    Some(conn) => return Some(Work::Readable(conn)),
+                    Some(conn) => return Some((Work::Readable(conn), seated)),
                     None => continue,
                 }
             }
@@ -312,7 +341,7 @@ impl JobQueue {
             }
             let mut state = self.lock();
             match state.jobs.pop_front() {
-                Some(job) => return Some(Work::Request(job)),
+                Some(job) => return Some((Work::Request(job), seated)),
                 None if state.closed => return None,
                 None => continue,
             }
@@ -359,7 +388,10 @@ impl JobQueue {
 
         drop(parked);
         self.signal_jobs(CLOSED_SIGNAL);
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let _bench = self.bench();
         self.inner.bench_call.notify_all();
+        self.inner.head_call.notify_all();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -370,75 +402,122 @@ impl JobQueue {
         self.inner.bench.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Blocks until an event arrives and returns its token: an event already pending is taken
-    /// at once, and otherwise the worker sleeps in epoll or on the bench.
-    fn wait_for_event(&self) -> Ready {
+    /// Blocks until an event arrives and returns it, with whether the worker waited for it on
+    /// the seat in epoll. An event already pending is taken at once. Otherwise the worker
+    /// takes the seat when it is empty and fewer than `busy_limit` workers are busy, or sits
+    /// on the bench.
+    fn wait_for_event(&self) -> (Ready, bool) {
         loop {
-            if let Some(token) = self.poll_epoll(0) {
-                return token;
+            if let Some(ready) = self.poll_epoll(0) {
+                return (ready, false);
             }
-            if self.inner.busy.load(Ordering::Relaxed) >= self.inner.busy_limit {
-                match self.sit_on_bench() {
-                    Some(token) => return token,
+
+            if self.inner.busy.load(Ordering::SeqCst) < self.inner.busy_limit && self.claim_seat() {
+                let event = self.poll_epoll(-1);
+                self.inner.waiting.store(0, Ordering::SeqCst);
+                match event {
+                    Some(ready) => return (ready, true),
                     None => continue,
                 }
             }
 
-            self.inner.waiting.fetch_add(1, Ordering::Relaxed);
-            let event = self.poll_epoll(-1);
-            self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
-            if let Some(token) = event {
-                return token;
+            if let Some(ready) = self.sit_on_bench() {
+                return (ready, false);
             }
         }
     }
 
-    /// Waits on the bench until called, or as its first worker, until work turns up that no
-    /// busy worker took or fewer workers are busy: it looks [`BENCH_POLLS`] times, then waits
-    /// in epoll. A worker called when the first one left becomes the first. Returns an event
-    /// the first worker found.
+    /// Takes the one seat in epoll; false when another worker waits there.
+    fn claim_seat(&self) -> bool {
+        self.inner.waiting.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    /// True when new work could go unnoticed without the bench's first worker: a busy worker
+    /// may be stuck, or nobody waits in epoll.
+    fn needs_watch(&self) -> bool {
+        self.inner.busy.load(Ordering::SeqCst) > 0 || self.inner.waiting.load(Ordering::SeqCst) == 0
+    }
+
+    /// Wakes the bench's first worker for a look now.
+    fn call_head(&self) {
+        // Taking the lock orders this call after a first worker's check before it waits.
+        let _bench = self.bench();
+        self.inner.head_call.notify_one();
+    }
+
+    /// Waits on the bench until called, or as its first worker, looks for work every
+    /// [`BENCH_POLL`] until it can take the seat in epoll. A look takes a pending event only
+    /// when the busy workers took no work since the last look: they are stuck on slow
+    /// clients, and the request would otherwise wait. Busy workers that keep up are left
+    /// alone, since each event taken here wakes a second worker that the busy one would have
+    /// spared. After [`BENCH_POLLS`] looks with no worker busy and one in epoll, the first
+    /// worker rests until called. Returns an event the first worker took.
     fn sit_on_bench(&self) -> Option<Ready> {
         let mut bench = self.bench();
-        self.inner.sitting.fetch_add(1, Ordering::Relaxed);
+        self.inner.sitting.fetch_add(1, Ordering::SeqCst);
         if bench.head_taken {
             bench = self.inner.bench_call.wait(bench).unwrap_or_else(PoisonError::into_inner);
             // Called with the first worker still polling: look again. Called by a first worker
             // that left: take over its polling, so no worker sits here unwatched.
             if bench.head_taken {
-                self.inner.sitting.fetch_sub(1, Ordering::Relaxed);
+                self.inner.sitting.fetch_sub(1, Ordering::SeqCst);
                 return None;
             }
         }
 
         bench.head_taken = true;
-        for _ in 0..BENCH_POLLS {
-            bench = self.inner.bench_call.wait_timeout(bench, BENCH_POLL).unwrap_or_else(PoisonError::into_inner).0;
+        let mut quiet_looks = 0;
+        let mut last_taken = self.inner.taken.load(Ordering::Relaxed);
+        loop {
+            bench = self.wait_as_head(bench, quiet_looks >= BENCH_POLLS);
+            if quiet_looks >= BENCH_POLLS {
+                quiet_looks = 0;
+            }
             drop(bench);
-            let event = self.poll_epoll(0);
-            let crowded = self.inner.busy.load(Ordering::Relaxed) >= self.inner.busy_limit;
+
+            let taken = self.inner.taken.load(Ordering::Relaxed);
+            let stuck = taken == last_taken;
+            last_taken = taken;
+            let event = if stuck { self.poll_epoll(0) } else { None };
+
             bench = self.bench();
-            if event.is_some() || !crowded {
+            let busy = self.inner.busy.load(Ordering::SeqCst);
+            let seat_empty = self.inner.waiting.load(Ordering::SeqCst) == 0;
+            if event.is_some() || (busy < self.inner.busy_limit && seat_empty) || self.is_closed() {
                 return self.leave_bench_head(bench, event);
             }
+            quiet_looks = if busy == 0 { quiet_looks + 1 } else { 0 };
+        }
+    }
+
+    /// The first worker's wait on the bench: [`BENCH_POLL`], or when `rest`, until called.
+    /// A rest is skipped when work could go unnoticed.
+    fn wait_as_head<'a>(&self, bench: MutexGuard<'a, Bench>, rest: bool) -> MutexGuard<'a, Bench> {
+        if !rest {
+            return self.inner.head_call.wait_timeout(bench, BENCH_POLL).unwrap_or_else(PoisonError::into_inner).0;
         }
 
-        // Nothing came for a while, so the busy workers are more likely blocked than quick:
-        // wait in epoll, still as the first worker so the others stay asleep.
-        self.inner.sitting.fetch_sub(1, Ordering::Relaxed);
-        drop(bench);
-        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
-        let event = self.poll_epoll(-1);
-        self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
-        bench = self.bench();
-        self.inner.sitting.fetch_add(1, Ordering::Relaxed);
-        self.leave_bench_head(bench, event)
+        // Announced before the check, so a worker that makes the check fail afterwards sees
+        // the flag and calls (see `next`).
+        self.inner.head_resting.store(true, Ordering::SeqCst);
+        let bench = if self.needs_watch() || self.is_closed() {
+            bench
+        } else {
+            self.inner.head_call.wait(bench).unwrap_or_else(PoisonError::into_inner)
+        };
+        self.inner.head_resting.store(false, Ordering::SeqCst);
+        bench
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
     }
 
     /// Ends the first worker's turn on the bench and calls the next one to take it over.
     fn leave_bench_head(&self, mut bench: MutexGuard<'_, Bench>, event: Option<Ready>) -> Option<Ready> {
         bench.head_taken = false;
-        self.inner.sitting.fetch_sub(1, Ordering::Relaxed);
-        let others = self.inner.sitting.load(Ordering::Relaxed) > 0;
+        self.inner.sitting.fetch_sub(1, Ordering::SeqCst);
+        let others = self.inner.sitting.load(Ordering::SeqCst) > 0;
         drop(bench);
         if others {
             self.inner.bench_call.notify_one();
@@ -545,7 +624,7 @@ pub struct Busy<'a> {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.queue.inner.busy.fetch_sub(1, Ordering::Relaxed);
+        self.queue.inner.busy.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -556,7 +635,7 @@ pub struct SteppedOut<'a> {
 
 impl Drop for SteppedOut<'_> {
     fn drop(&mut self) {
-        self.queue.inner.busy.fetch_add(1, Ordering::Relaxed);
+        self.queue.inner.busy.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -794,5 +873,58 @@ mod tests {
         let (second, _second_client) = new_job();
         queue.push(second).map_err(|_| ()).unwrap();
         assert_eq!(handle.join().unwrap(), Some(true));
+    }
+
+    /// Waits up to 5 s for `done` to hold.
+    fn wait_until(done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Starts a worker thread that takes one piece of work, stays busy with it until `release`
+    /// has a message or closes, and reports whether it was a job.
+    fn spawn_worker(queue: &JobQueue, release: &Arc<Mutex<std::sync::mpsc::Receiver<()>>>) -> std::thread::JoinHandle<Option<bool>> {
+        let queue = queue.clone();
+        let release = release.clone();
+        std::thread::spawn(move || {
+            let (work, _busy) = queue.next()?;
+            let _ = release.lock().unwrap().recv();
+            Some(matches!(work, Work::Request(_)))
+        })
+    }
+
+    #[test]
+    fn one_idle_worker_waits_in_epoll_and_the_rest_rest() {
+        let queue = JobQueue::new(1).unwrap();
+        let (release, released) = std::sync::mpsc::channel();
+        let released = Arc::new(Mutex::new(released));
+        let workers: Vec<_> = (0..3).map(|_| spawn_worker(&queue, &released)).collect();
+        assert!(wait_until(|| queue.idle() == 3), "three idle workers");
+        assert_eq!(queue.inner.waiting.load(Ordering::SeqCst), 1, "one worker on the seat in epoll");
+        assert_eq!(queue.inner.sitting.load(Ordering::SeqCst), 2, "two on the bench");
+
+        // With nobody busy, the bench's first worker stops looking after a few looks.
+        assert!(wait_until(|| queue.inner.head_resting.load(Ordering::SeqCst)), "the first worker rests");
+
+        // A job wakes the worker in epoll. While it is busy, the first worker on the bench
+        // looks again, since a busy worker might get stuck.
+        let (job, _client) = new_job();
+        queue.push(job).map_err(|_| ()).unwrap();
+        assert!(wait_until(|| queue.inner.busy.load(Ordering::SeqCst) == 1), "one worker took the job");
+        assert!(wait_until(|| !queue.inner.head_resting.load(Ordering::SeqCst)), "the first worker looks again");
+        std::thread::sleep(BENCH_POLL * (BENCH_POLLS as u32 + 5));
+        assert!(!queue.inner.head_resting.load(Ordering::SeqCst), "no rest while a worker is busy");
+
+        drop(release);
+        queue.close();
+        let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| **r == Some(true)).count(), 1);
+        assert_eq!(results.iter().filter(|r| r.is_none()).count(), 2, "the others end on close");
     }
 }
