@@ -450,8 +450,9 @@ impl JobQueue {
     /// when the busy workers took no work since the last look: they are stuck on slow
     /// clients, and the request would otherwise wait. Busy workers that keep up are left
     /// alone, since each event taken here wakes a second worker that the busy one would have
-    /// spared. After [`BENCH_POLLS`] looks with no worker busy and one in epoll, the first
-    /// worker rests until called. Returns an event the first worker took.
+    /// spared. After [`BENCH_POLLS`] looks with the busy workers stuck, the first worker waits
+    /// in epoll; after as many with no worker busy and one in epoll, it rests until called.
+    /// Returns an event the first worker took.
     fn sit_on_bench(&self) -> Option<Ready> {
         let mut bench = self.bench();
         self.inner.sitting.fetch_add(1, Ordering::SeqCst);
@@ -466,12 +467,14 @@ impl JobQueue {
         }
 
         bench.head_taken = true;
-        let mut quiet_looks = 0;
+        let mut idle_looks = 0;
+        let mut stuck_looks = 0;
         let mut last_taken = self.inner.taken.load(Ordering::Relaxed);
         loop {
-            bench = self.wait_as_head(bench, quiet_looks >= BENCH_POLLS);
-            if quiet_looks >= BENCH_POLLS {
-                quiet_looks = 0;
+            let rest = idle_looks >= BENCH_POLLS;
+            bench = self.wait_as_head(bench, rest);
+            if rest {
+                idle_looks = 0;
             }
             drop(bench);
 
@@ -486,7 +489,24 @@ impl JobQueue {
             if event.is_some() || (busy < self.inner.busy_limit && seat_empty) || self.is_closed() {
                 return self.leave_bench_head(bench, event);
             }
-            quiet_looks = if busy == 0 { quiet_looks + 1 } else { 0 };
+            (idle_looks, stuck_looks) = match (busy, stuck) {
+                (0, _) => (idle_looks + 1, 0),
+                (_, true) => (0, stuck_looks + 1),
+                (_, false) => (0, 0),
+            };
+
+            // Busy workers that stay stuck are blocked on stalled clients, not quick: wait in
+            // epoll instead of looking a thousand times a second, still as the first worker so
+            // the others stay asleep.
+            if stuck_looks >= BENCH_POLLS && self.claim_seat() {
+                self.inner.sitting.fetch_sub(1, Ordering::SeqCst);
+                drop(bench);
+                let event = self.poll_epoll(-1);
+                self.inner.waiting.store(0, Ordering::SeqCst);
+                bench = self.bench();
+                self.inner.sitting.fetch_add(1, Ordering::SeqCst);
+                return self.leave_bench_head(bench, event);
+            }
         }
     }
 
@@ -926,5 +946,24 @@ mod tests {
         let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
         assert_eq!(results.iter().filter(|r| **r == Some(true)).count(), 1);
         assert_eq!(results.iter().filter(|r| r.is_none()).count(), 2, "the others end on close");
+    }
+
+    #[test]
+    fn bench_head_waits_in_epoll_while_busy_workers_stay_stuck() {
+        let queue = JobQueue::new(1).unwrap();
+        let (job, _client) = new_job();
+        queue.push(job).map_err(|_| ()).unwrap();
+        let (_stuck_work, _stuck) = queue.next().unwrap();
+
+        // The busy worker takes nothing more, so the first worker on the bench stops looking
+        // every millisecond and waits in epoll.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let worker = spawn_worker(&queue, &Arc::new(Mutex::new(released)));
+        assert!(wait_until(|| queue.inner.waiting.load(Ordering::SeqCst) == 1), "the first worker waits in epoll");
+
+        let (second, _second_client) = new_job();
+        queue.push(second).map_err(|_| ()).unwrap();
+        drop(release);
+        assert_eq!(worker.join().unwrap(), Some(true));
     }
 }
