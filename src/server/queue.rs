@@ -450,9 +450,9 @@ impl JobQueue {
     /// when the busy workers took no work since the last look: they are stuck on slow
     /// clients, and the request would otherwise wait. Busy workers that keep up are left
     /// alone, since each event taken here wakes a second worker that the busy one would have
-    /// spared. After [`BENCH_POLLS`] looks with the busy workers stuck, the first worker waits
-    /// in epoll; after as many with no worker busy and one in epoll, it rests until called.
-    /// Returns an event the first worker took.
+    /// spared. After [`BENCH_POLLS`] looks that find the busy workers stuck, the first worker
+    /// waits in epoll. After as many with no worker busy and one in epoll, it rests until
+    /// called. Returns an event the first worker took.
     fn sit_on_bench(&self) -> Option<Ready> {
         let mut bench = self.bench();
         self.inner.sitting.fetch_add(1, Ordering::SeqCst);
@@ -510,15 +510,15 @@ impl JobQueue {
         }
     }
 
-    /// The first worker's wait on the bench: [`BENCH_POLL`], or when `rest`, until called.
+    /// Waits as the bench's first worker: for [`BENCH_POLL`], or when `rest`, until called.
     /// A rest is skipped when work could go unnoticed.
     fn wait_as_head<'a>(&self, bench: MutexGuard<'a, Bench>, rest: bool) -> MutexGuard<'a, Bench> {
         if !rest {
             return self.inner.head_call.wait_timeout(bench, BENCH_POLL).unwrap_or_else(PoisonError::into_inner).0;
         }
 
-        // Announced before the check, so a worker that makes the check fail afterwards sees
-        // the flag and calls (see `next`).
+        // Set before the check, so a worker that makes the check fail afterwards finds the
+        // flag set and calls (see `next`).
         self.inner.head_resting.store(true, Ordering::SeqCst);
         let bench = if self.needs_watch() || self.is_closed() {
             bench
@@ -920,7 +920,7 @@ mod tests {
     }
 
     #[test]
-    fn one_idle_worker_waits_in_epoll_and_the_rest_rest() {
+    fn idle_workers_one_in_epoll() {
         let queue = JobQueue::new(1).unwrap();
         let (release, released) = std::sync::mpsc::channel();
         let released = Arc::new(Mutex::new(released));
@@ -929,7 +929,7 @@ mod tests {
         assert_eq!(queue.inner.waiting.load(Ordering::SeqCst), 1, "one worker on the seat in epoll");
         assert_eq!(queue.inner.sitting.load(Ordering::SeqCst), 2, "two on the bench");
 
-        // With nobody busy, the bench's first worker stops looking after a few looks.
+        // With no worker busy, the bench's first worker stops looking after a few looks.
         assert!(wait_until(|| queue.inner.head_resting.load(Ordering::SeqCst)), "the first worker rests");
 
         // A job wakes the worker in epoll. While it is busy, the first worker on the bench
@@ -949,7 +949,7 @@ mod tests {
     }
 
     #[test]
-    fn bench_head_waits_in_epoll_while_busy_workers_stay_stuck() {
+    fn stuck_workers_bench_head_in_epoll() {
         let queue = JobQueue::new(1).unwrap();
         let (job, _client) = new_job();
         queue.push(job).map_err(|_| ()).unwrap();
