@@ -22,11 +22,12 @@
 //! without sleeping, and with several waiting it wakes the one that has waited longest, whose
 //! cache is the coldest. A worker takes the seat only while fewer than `busy_limit` workers
 //! are busy. The other idle workers wait on the bench, whose first worker looks for work
-//! every [`BENCH_POLL`] while a worker is busy. It takes a pending event only when the busy
-//! workers took no work since its last look, which means they are stuck on slow clients; a
-//! busy worker that keeps up serves the events itself, as one event loop does. With no
-//! worker busy and one on the seat, the first worker rests until work is taken. A busy
-//! worker that starts a long wait on a client ([`JobQueue::step_out`]) stops counting as busy.
+//! every [`BENCH_POLL`] while a worker is busy. It takes a pending event only when, since its
+//! last look, the busy workers took no work (they are stuck on slow clients) or found work
+//! waiting every time they looked (they fall behind). A busy worker that keeps up serves the
+//! events itself, as one event loop does. With no worker busy and one on the seat, the first
+//! worker rests until work is taken. A busy worker that starts a long wait on a client
+//! ([`JobQueue::step_out`]) stops counting as busy.
 
 use std::collections::VecDeque;
 use std::io;
@@ -46,8 +47,8 @@ pub const WATCH_WINDOW: Duration = Duration::from_millis(100);
 /// bounds how long a request waits behind workers stuck on slow clients.
 const BENCH_POLL: Duration = Duration::from_millis(1);
 
-/// Looks with no worker busy and one on the seat in epoll before the first worker on the bench
-/// rests, so that an idle server makes no wake-ups.
+/// Looks that find the busy workers stuck before the first worker on the bench waits in epoll
+/// instead, so that a worker blocked on a stalled client costs no thousand looks a second.
 const BENCH_POLLS: usize = 10;
 
 /// The epoll token of the eventfd that counts queued jobs.
@@ -145,6 +146,9 @@ struct Inner {
     /// Pieces of work taken so far, so the bench's first worker can tell busy workers that
     /// keep up from busy workers that are stuck.
     taken: AtomicUsize,
+    /// Times a worker found no event pending, so the bench's first worker can tell busy
+    /// workers that keep up from busy workers that fall behind.
+    drained: AtomicUsize,
     bench: Mutex<Bench>,
     /// Where the workers behind the bench's first one wait.
     bench_call: Condvar,
@@ -198,6 +202,7 @@ impl JobQueue {
             busy: AtomicUsize::new(0),
             busy_limit: busy_limit.max(1),
             taken: AtomicUsize::new(0),
+            drained: AtomicUsize::new(0),
             bench: Mutex::default(),
             bench_call: Condvar::new(),
             head_call: Condvar::new(),
@@ -301,8 +306,10 @@ impl JobQueue {
         // once when more workers may be busy. A resting first worker is called back to its
         // looks, as a busy worker may get stuck.
         let hand_over_seat = seated && busy < self.inner.busy_limit && self.inner.sitting.load(Ordering::SeqCst) > 0;
-        if hand_over_seat || (self.inner.head_resting.load(Ordering::SeqCst) && self.needs_watch()) {
+        if hand_over_seat {
             self.call_head();
+        } else {
+            self.call_resting_head();
         }
         Some((work, Busy { queue: self }))
     }
@@ -411,6 +418,7 @@ impl JobQueue {
             if let Some(ready) = self.poll_epoll(0) {
                 return (ready, false);
             }
+            self.inner.drained.fetch_add(1, Ordering::Relaxed);
 
             if self.inner.busy.load(Ordering::SeqCst) < self.inner.busy_limit && self.claim_seat() {
                 let event = self.poll_epoll(-1);
@@ -438,6 +446,14 @@ impl JobQueue {
         self.inner.busy.load(Ordering::SeqCst) > 0 || self.inner.waiting.load(Ordering::SeqCst) == 0
     }
 
+    /// Calls a resting first worker on the bench back to its looks when work could go
+    /// unnoticed without it.
+    fn call_resting_head(&self) {
+        if self.inner.head_resting.load(Ordering::SeqCst) && self.needs_watch() {
+            self.call_head();
+        }
+    }
+
     /// Wakes the bench's first worker for a look now.
     fn call_head(&self) {
         // Taking the lock orders this call after a first worker's check before it waits.
@@ -447,16 +463,20 @@ impl JobQueue {
 
     /// Waits on the bench until called, or as its first worker, looks for work every
     /// [`BENCH_POLL`] until it can take the seat in epoll. A look takes a pending event only
-    /// when the busy workers took no work since the last look: they are stuck on slow
-    /// clients, and the request would otherwise wait. Busy workers that keep up are left
-    /// alone, since each event taken here wakes a second worker that the busy one would have
-    /// spared. After [`BENCH_POLLS`] looks that find the busy workers stuck, the first worker
-    /// waits in epoll. After as many with no worker busy and one in epoll, it rests until
+    /// when, since the last look, the busy workers took no work (they are stuck on slow
+    /// clients, and the request would otherwise wait) or never found the queue empty (they
+    /// fall behind). Busy workers that keep up are left alone, since each event taken here
+    /// wakes a second worker that the busy one would have spared. After [`BENCH_POLLS`] looks that find the busy workers stuck, the first worker
+    /// waits in epoll. After a look with no worker busy and one in epoll, it rests until
     /// called. Returns an event the first worker took.
     fn sit_on_bench(&self) -> Option<Ready> {
         let mut bench = self.bench();
         self.inner.sitting.fetch_add(1, Ordering::SeqCst);
         if bench.head_taken {
+            // This worker may have left the seat in epoll empty while a worker is busy.
+            if self.inner.head_resting.load(Ordering::SeqCst) && self.needs_watch() {
+                self.inner.head_call.notify_one();
+            }
             bench = self.inner.bench_call.wait(bench).unwrap_or_else(PoisonError::into_inner);
             // Called with the first worker still polling: look again. Called by a first worker
             // that left: take over its polling, so no worker sits here unwatched.
@@ -467,21 +487,19 @@ impl JobQueue {
         }
 
         bench.head_taken = true;
-        let mut idle_looks = 0;
+        let mut rest = false;
         let mut stuck_looks = 0;
         let mut last_taken = self.inner.taken.load(Ordering::Relaxed);
+        let mut last_drained = self.inner.drained.load(Ordering::Relaxed);
         loop {
-            let rest = idle_looks >= BENCH_POLLS;
             bench = self.wait_as_head(bench, rest);
-            if rest {
-                idle_looks = 0;
-            }
             drop(bench);
 
-            let taken = self.inner.taken.load(Ordering::Relaxed);
+            let (taken, drained) = (self.inner.taken.load(Ordering::Relaxed), self.inner.drained.load(Ordering::Relaxed));
             let stuck = taken == last_taken;
-            last_taken = taken;
-            let event = if stuck { self.poll_epoll(0) } else { None };
+            let behind = !stuck && drained == last_drained;
+            (last_taken, last_drained) = (taken, drained);
+            let event = if stuck || behind { self.poll_epoll(0) } else { None };
 
             bench = self.bench();
             let busy = self.inner.busy.load(Ordering::SeqCst);
@@ -489,11 +507,10 @@ impl JobQueue {
             if event.is_some() || (busy < self.inner.busy_limit && seat_empty) || self.is_closed() {
                 return self.leave_bench_head(bench, event);
             }
-            (idle_looks, stuck_looks) = match (busy, stuck) {
-                (0, _) => (idle_looks + 1, 0),
-                (_, true) => (0, stuck_looks + 1),
-                (_, false) => (0, 0),
-            };
+            // With no worker busy and one in epoll, nothing can go unnoticed until a worker
+            // takes work, which calls the first worker back.
+            rest = busy == 0;
+            stuck_looks = if busy > 0 && stuck { stuck_looks + 1 } else { 0 };
 
             // Busy workers that stay stuck are blocked on stalled clients, not quick: wait in
             // epoll instead of looking a thousand times a second, still as the first worker so
@@ -656,6 +673,7 @@ pub struct SteppedOut<'a> {
 impl Drop for SteppedOut<'_> {
     fn drop(&mut self) {
         self.queue.inner.busy.fetch_add(1, Ordering::SeqCst);
+        self.queue.call_resting_head();
     }
 }
 
@@ -965,5 +983,40 @@ mod tests {
         queue.push(second).map_err(|_| ()).unwrap();
         drop(release);
         assert_eq!(worker.join().unwrap(), Some(true));
+    }
+
+    #[test]
+    fn stale_event_wakes_resting_bench_head() {
+        let queue = JobQueue::new(1).unwrap();
+        let (conn, mut client) = pair();
+        assert!(queue.watch(conn).is_none());
+        client.write_all(b"x").unwrap();
+        let (Work::Readable(_served), busy) = queue.next().unwrap() else { panic!("expected the watched connection") };
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(Mutex::new(released));
+        let workers: Vec<_> = (0..2).map(|_| spawn_worker(&queue, &released)).collect();
+        assert!(wait_until(|| queue.idle() == 2), "two idle workers");
+
+        // The busy worker starts a long send: one idle worker takes the seat in epoll, and
+        // the bench's first worker rests.
+        let stepped_out = queue.step_out();
+        assert!(wait_until(|| queue.inner.waiting.load(Ordering::SeqCst) == 1), "a worker in epoll");
+        assert!(wait_until(|| queue.inner.head_resting.load(Ordering::SeqCst)), "the first worker rests");
+
+        // The send ends, and the client sends more to the connection still being served: the
+        // worker in epoll takes the event, finds the connection out and joins the bench.
+        drop(stepped_out);
+        client.write_all(b"y").unwrap();
+
+        // A new job is still taken, by a look of the bench's first worker.
+        let (job, _job_client) = new_job();
+        queue.push(job).map_err(|_| ()).unwrap();
+        assert!(wait_until(|| workers.iter().any(|w| w.is_finished()) || queue.inner.busy.load(Ordering::SeqCst) == 2), "the job was taken");
+
+        drop(release);
+        drop(busy);
+        queue.close();
+        let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| **r == Some(true)).count(), 1);
     }
 }
