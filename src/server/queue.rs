@@ -17,10 +17,10 @@
 //! instead of parking the connection. A stale event, for a connection that left the workers,
 //! has an old generation and is dropped.
 //!
-//! At most one idle worker waits in epoll, on its one seat: the kernel would wake a waiting
-//! worker for every event, even when a busy worker would take it a few microseconds later
-//! without sleeping, and with several waiting it wakes the one that has waited longest, whose
-//! cache is the coldest. A worker takes the seat only while fewer than `busy_limit` workers
+//! At most one idle worker waits in epoll, on its one seat. The kernel wakes a waiting worker
+//! for every event, even when a busy worker would take it a few microseconds later without
+//! sleeping. With several waiting, it wakes the one that has waited longest, whose cache is
+//! the coldest. A worker takes the seat only while fewer than `busy_limit` workers
 //! are busy. The other idle workers wait on the bench, whose first worker looks for work
 //! every [`BENCH_POLL`] while a worker is busy. It takes a pending event only when, since its
 //! last look, the busy workers took no work (they are stuck on slow clients) or found work
@@ -150,9 +150,9 @@ struct Inner {
     /// workers that keep up from busy workers that fall behind.
     drained: AtomicUsize,
     bench: Mutex<Bench>,
-    /// Where the workers behind the bench's first one wait.
+    /// The condition variable that the workers behind the bench's first one wait on.
     bench_call: Condvar,
-    /// Where the bench's first worker waits between looks, and rests.
+    /// The condition variable that the bench's first worker waits on between looks and rests on.
     head_call: Condvar,
     /// Workers on the bench, changed under its lock and read without it.
     sitting: AtomicUsize,
@@ -441,7 +441,7 @@ impl JobQueue {
     }
 
     /// True when new work could go unnoticed without the bench's first worker: a busy worker
-    /// may be stuck, or nobody waits in epoll.
+    /// may be stuck, or no worker waits in epoll.
     fn needs_watch(&self) -> bool {
         self.inner.busy.load(Ordering::SeqCst) > 0 || self.inner.waiting.load(Ordering::SeqCst) == 0
     }
