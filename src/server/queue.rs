@@ -145,7 +145,7 @@ struct Inner {
     busy_limit: usize,
     /// Pieces of work taken so far, so the bench's first worker can tell busy workers that
     /// keep up from busy workers that are stuck.
-    taken: AtomicUsize,
+    work_taken: AtomicUsize,
     /// Times a worker found no event pending, so the bench's first worker can tell busy
     /// workers that keep up from busy workers that fall behind.
     drained: AtomicUsize,
@@ -201,7 +201,7 @@ impl JobQueue {
             waiting: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
             busy_limit: busy_limit.max(1),
-            taken: AtomicUsize::new(0),
+            work_taken: AtomicUsize::new(0),
             drained: AtomicUsize::new(0),
             bench: Mutex::default(),
             bench_call: Condvar::new(),
@@ -300,7 +300,7 @@ impl JobQueue {
     pub fn next(&self) -> Option<(Work, Busy<'_>)> {
         let (work, seated) = self.next_work()?;
         let busy = self.inner.busy.fetch_add(1, Ordering::SeqCst) + 1;
-        self.inner.taken.fetch_add(1, Ordering::Relaxed);
+        self.inner.work_taken.fetch_add(1, Ordering::Relaxed);
 
         // A worker that left the seat in epoll calls the bench's first worker to take it at
         // once when more workers may be busy. A resting first worker is called back to its
@@ -489,13 +489,13 @@ impl JobQueue {
         bench.head_taken = true;
         let mut rest = false;
         let mut stuck_looks = 0;
-        let mut last_taken = self.inner.taken.load(Ordering::Relaxed);
+        let mut last_taken = self.inner.work_taken.load(Ordering::Relaxed);
         let mut last_drained = self.inner.drained.load(Ordering::Relaxed);
         loop {
             bench = self.wait_as_head(bench, rest);
             drop(bench);
 
-            let (taken, drained) = (self.inner.taken.load(Ordering::Relaxed), self.inner.drained.load(Ordering::Relaxed));
+            let (taken, drained) = (self.inner.work_taken.load(Ordering::Relaxed), self.inner.drained.load(Ordering::Relaxed));
             let stuck = taken == last_taken;
             let behind = !stuck && drained == last_drained;
             (last_taken, last_drained) = (taken, drained);
