@@ -466,9 +466,10 @@ impl JobQueue {
     /// when, since the last look, the busy workers took no work (they are stuck on slow
     /// clients, and the request would otherwise wait) or never found the queue empty (they
     /// fall behind). Busy workers that keep up are left alone, since each event taken here
-    /// wakes a second worker that the busy one would have spared. After [`BENCH_POLLS`] looks that find the busy workers stuck, the first worker
-    /// waits in epoll. After a look with no worker busy and one in epoll, it rests until
-    /// called. Returns an event the first worker took.
+    /// wakes a second worker that the busy one would have spared. After [`BENCH_POLLS`] looks
+    /// that find the busy workers stuck, the first worker waits in epoll. After a look with no
+    /// worker busy and one in epoll, it rests until called. Returns an event the first worker
+    /// took.
     fn sit_on_bench(&self) -> Option<Ready> {
         let mut bench = self.bench();
         self.inner.sitting.fetch_add(1, Ordering::SeqCst);
