@@ -51,12 +51,12 @@ fn widen_backlog(listener: &TcpListener) {
     }
 }
 
-/// Returns how many busy workers keep idle workers out of epoll (see [`queue`]). With local storage a
-/// busy worker keeps about one core busy, the kernel's network work for its system calls
-/// included. One core is left for the rest of that work and for other processes. On 2 cores
-/// (BENCHMARKS.md) a limit of 1 spent 26 us of CPU per 64 KiB range request, and a limit of 2
-/// spent 28 us. With S3 storage a busy worker mostly waits on the bucket, so every idle worker
-/// waits in epoll.
+/// Returns how many busy workers keep an idle worker out of epoll (see [`queue`]). With local
+/// storage a busy worker keeps about one core busy, the kernel's network work for its system
+/// calls included. One core is left for the rest of that work and for other processes. On 2
+/// cores (BENCHMARKS.md) a limit of 1 spent 26 us of CPU per 64 KiB range request, and a limit
+/// of 2 spent 28 us. With S3 storage a busy worker mostly waits on the bucket, so an idle
+/// worker always waits in epoll, and the next one takes its place when it takes work.
 fn busy_limit(config: &Config) -> usize {
     match config.storage.backend {
         StorageBackend::S3 => usize::MAX,

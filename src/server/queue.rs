@@ -25,8 +25,8 @@
 //! every [`BENCH_POLL`] while a worker is busy. It takes a pending event only when, since its
 //! last look, the busy workers took no work (they are stuck on slow clients) or found work
 //! waiting every time they looked (they fall behind). A busy worker that keeps up serves the
-//! events itself, as one event loop does. With no worker busy and one on the seat, the first
-//! worker rests until work is taken. A busy worker that starts a long wait on a client
+//! events itself, as one event loop does. While a worker waits on the seat, the first worker
+//! rests, until the seat is left. A busy worker that starts a long wait on a client
 //! ([`JobQueue::step_out`]) stops counting as busy.
 
 use std::collections::VecDeque;
@@ -440,10 +440,10 @@ impl JobQueue {
         self.inner.waiting.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }
 
-    /// True when new work could go unnoticed without the bench's first worker: a busy worker
-    /// may be stuck, or no worker waits in epoll.
+    /// True when new work could go unnoticed without the bench's first worker: no worker
+    /// waits in epoll. A worker there is woken by every event.
     fn needs_watch(&self) -> bool {
-        self.inner.busy.load(Ordering::SeqCst) > 0 || self.inner.waiting.load(Ordering::SeqCst) == 0
+        self.inner.waiting.load(Ordering::SeqCst) == 0
     }
 
     /// Calls a resting first worker on the bench back to its looks when work could go
@@ -467,9 +467,8 @@ impl JobQueue {
     /// clients, and the request would otherwise wait) or never found the queue empty (they
     /// fall behind). Busy workers that keep up are left alone, since each event taken here
     /// wakes a second worker that the busy one would have spared. After [`BENCH_POLLS`] looks
-    /// that find the busy workers stuck, the first worker waits in epoll. After a look with no
-    /// worker busy and one in epoll, it rests until called. Returns an event the first worker
-    /// took.
+    /// that find the busy workers stuck, the first worker waits in epoll. After a look that
+    /// finds a worker in epoll, it rests until called. Returns an event the first worker took.
     fn sit_on_bench(&self) -> Option<Ready> {
         let mut bench = self.bench();
         self.inner.sitting.fetch_add(1, Ordering::SeqCst);
@@ -508,9 +507,9 @@ impl JobQueue {
             if event.is_some() || (busy < self.inner.busy_limit && seat_empty) || self.is_closed() {
                 return self.leave_bench_head(bench, event);
             }
-            // With no worker busy and one in epoll, nothing can go unnoticed until a worker
-            // takes work, which calls the first worker back.
-            rest = busy == 0;
+            // With a worker in epoll, nothing can go unnoticed until it takes work, which
+            // calls the first worker back.
+            rest = !seat_empty;
             stuck_looks = if busy > 0 && stuck { stuck_looks + 1 } else { 0 };
 
             // Busy workers that stay stuck are blocked on stalled clients, not quick: wait in
@@ -948,7 +947,7 @@ mod tests {
         assert_eq!(queue.inner.waiting.load(Ordering::SeqCst), 1, "one worker on the seat in epoll");
         assert_eq!(queue.inner.sitting.load(Ordering::SeqCst), 2, "two on the bench");
 
-        // With no worker busy, the bench's first worker stops looking after a few looks.
+        // With a worker in epoll, the bench's first worker stops looking.
         assert!(wait_until(|| queue.inner.head_resting.load(Ordering::SeqCst)), "the first worker rests");
 
         // A job wakes the worker in epoll. While it is busy, the first worker on the bench
@@ -958,7 +957,7 @@ mod tests {
         assert!(wait_until(|| queue.inner.busy.load(Ordering::SeqCst) == 1), "one worker took the job");
         assert!(wait_until(|| !queue.inner.head_resting.load(Ordering::SeqCst)), "the first worker looks again");
         std::thread::sleep(BENCH_POLL * (BENCH_POLLS as u32 + 5));
-        assert!(!queue.inner.head_resting.load(Ordering::SeqCst), "no rest while a worker is busy");
+        assert!(!queue.inner.head_resting.load(Ordering::SeqCst), "no rest while the seat is empty");
 
         drop(release);
         queue.close();
@@ -1016,6 +1015,39 @@ mod tests {
 
         drop(release);
         drop(busy);
+        queue.close();
+        let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| **r == Some(true)).count(), 1);
+    }
+
+    #[test]
+    fn bench_head_rests_while_seat_taken() {
+        let queue = JobQueue::new(1).unwrap();
+        let (job, _client) = new_job();
+        queue.push(job).map_err(|_| ()).unwrap();
+        let (_work, _busy) = queue.next().unwrap();
+        let stepped_out = queue.step_out();
+
+        // With the busy worker stepped out, an idle worker takes the seat in epoll and the
+        // bench's first worker rests.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(Mutex::new(released));
+        let workers: Vec<_> = (0..2).map(|_| spawn_worker(&queue, &released)).collect();
+        assert!(wait_until(|| queue.inner.waiting.load(Ordering::SeqCst) == 1), "a worker in epoll");
+        assert!(wait_until(|| queue.inner.head_resting.load(Ordering::SeqCst)), "the first worker rests");
+
+        // The busy worker counts again and stays stuck. The worker in epoll still sees every
+        // event, so the first worker keeps resting instead of looking every millisecond.
+        drop(stepped_out);
+        for _ in 0..BENCH_POLLS + 5 {
+            std::thread::sleep(BENCH_POLL);
+            assert!(queue.inner.head_resting.load(Ordering::SeqCst), "the first worker rests");
+        }
+
+        let (second, _second_client) = new_job();
+        queue.push(second).map_err(|_| ()).unwrap();
+        assert!(wait_until(|| workers.iter().any(|w| w.is_finished()) || queue.inner.busy.load(Ordering::SeqCst) == 2), "the job was taken");
+        drop(release);
         queue.close();
         let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
         assert_eq!(results.iter().filter(|r| **r == Some(true)).count(), 1);
