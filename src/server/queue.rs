@@ -1036,8 +1036,8 @@ mod tests {
         assert!(wait_until(|| queue.inner.waiting.load(Ordering::SeqCst) == 1), "a worker in epoll");
         assert!(wait_until(|| queue.inner.head_resting.load(Ordering::SeqCst)), "the first worker rests");
 
-        // The busy worker counts again and stays stuck. The worker in epoll still sees every
-        // event, so the first worker keeps resting instead of looking every millisecond.
+        // The busy worker counts again and stays stuck. The worker in epoll is still woken by
+        // every event, so the first worker keeps resting instead of looking every millisecond.
         drop(stepped_out);
         for _ in 0..BENCH_POLLS + 5 {
             std::thread::sleep(BENCH_POLL);
