@@ -138,7 +138,8 @@ struct Inner {
     epoll: OwnedFd,
     jobs_signal: OwnedFd,
     state: Mutex<State>,
-    /// 1 while a worker waits in `epoll_wait`, its only seat; 0 otherwise.
+    /// The number of workers in `epoll_wait`: 1 while a worker holds the one seat there, 0
+    /// otherwise.
     waiting: AtomicUsize,
     /// Workers serving a request now, except those in a long wait on a client.
     busy: AtomicUsize,
@@ -156,9 +157,9 @@ struct Inner {
     head_call: Condvar,
     /// Workers on the bench, changed under its lock and read without it.
     sitting: AtomicUsize,
-    /// The bench's first worker rests instead of looking every [`BENCH_POLL`].
+    /// A flag set while the bench's first worker rests instead of looking every [`BENCH_POLL`].
     head_resting: AtomicBool,
-    /// Set by [`JobQueue::close`]; the bench's first worker leaves.
+    /// A flag set by [`JobQueue::close`], which makes the bench's first worker leave.
     closed: AtomicBool,
 }
 
@@ -435,7 +436,7 @@ impl JobQueue {
         }
     }
 
-    /// Takes the one seat in epoll; false when another worker waits there.
+    /// Takes the one seat in epoll. Returns false when another worker waits there.
     fn claim_seat(&self) -> bool {
         self.inner.waiting.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }
@@ -925,6 +926,15 @@ mod tests {
         true
     }
 
+    /// Queues a new job and takes it, so the caller counts as a busy worker while it keeps the
+    /// returned guard.
+    fn busy_with_job(queue: &JobQueue) -> (Work, Busy<'_>, TcpStream) {
+        let (job, client) = new_job();
+        queue.push(job).map_err(|_| ()).unwrap();
+        let (work, busy) = queue.next().unwrap();
+        (work, busy, client)
+    }
+
     /// Starts a worker thread that takes one piece of work, stays busy with it until `release`
     /// has a message or closes, and reports whether it was a job.
     fn spawn_worker(queue: &JobQueue, release: &Arc<Mutex<std::sync::mpsc::Receiver<()>>>) -> std::thread::JoinHandle<Option<bool>> {
@@ -969,9 +979,7 @@ mod tests {
     #[test]
     fn stuck_workers_bench_head_in_epoll() {
         let queue = JobQueue::new(1).unwrap();
-        let (job, _client) = new_job();
-        queue.push(job).map_err(|_| ()).unwrap();
-        let (_stuck_work, _stuck) = queue.next().unwrap();
+        let (_stuck_work, _stuck, _client) = busy_with_job(&queue);
 
         // The busy worker takes nothing more, so the first worker on the bench stops looking
         // every millisecond and waits in epoll.
@@ -1023,9 +1031,7 @@ mod tests {
     #[test]
     fn bench_head_rests_while_seat_taken() {
         let queue = JobQueue::new(1).unwrap();
-        let (job, _client) = new_job();
-        queue.push(job).map_err(|_| ()).unwrap();
-        let (_work, _busy) = queue.next().unwrap();
+        let (_work, _busy, _client) = busy_with_job(&queue);
         let stepped_out = queue.step_out();
 
         // With the busy worker stepped out, an idle worker takes the seat in epoll and the
