@@ -12,6 +12,7 @@
 
 pub mod body;
 pub mod conn;
+pub mod lanes;
 pub mod poller;
 pub mod queue;
 pub mod request;
@@ -51,21 +52,26 @@ fn widen_backlog(listener: &TcpListener) {
     }
 }
 
-/// Returns how many busy workers keep an idle worker out of epoll (see [`queue`]). With local
-/// storage a busy worker keeps about one core busy, the kernel's network work for its system
-/// calls included. One core is left for the rest of that work and for other processes. On 2
-/// cores (BENCHMARKS.md) a limit of 1 spent 26 us of CPU per 64 KiB range request, and a limit
-/// of 2 spent 28 us. With S3 storage a busy worker mostly waits on the bucket, so an idle
-/// worker always waits in epoll, and the next one takes its place when it takes work.
-fn busy_limit(config: &Config) -> usize {
+/// Returns how many lanes ([`lanes`]) serve connections, and how many busy workers of a lane
+/// keep its idle workers out of epoll (see [`queue`]). With local storage a busy worker keeps
+/// about one core busy, the kernel's network work for its system calls included, so each core
+/// gets a lane of one busy worker. On 2 cores (BENCHMARKS.md) one lane with a limit of 1 spent
+/// 13 us of CPU per 64 KiB range request, and one with a limit of 2 spent 30 us, as the two
+/// busy workers woke each other; two lanes served 15% to 25% more requests than one. With S3
+/// storage a busy worker mostly waits on the bucket, so one lane serves all, an idle worker
+/// always waits in epoll, and the next one takes its place when it takes work.
+fn lane_layout(config: &Config) -> (usize, usize) {
     match config.storage.backend {
-        StorageBackend::S3 => usize::MAX,
+        StorageBackend::S3 => (1, usize::MAX),
         StorageBackend::Local => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            cores.saturating_sub(1).max(1)
+            (cores.min(MAX_LANES), 1)
         }
     }
 }
+
+/// The most lanes, so that a machine with many cores starts a bounded number of threads.
+const MAX_LANES: usize = 16;
 
 /// A running server.
 pub struct Server {
@@ -73,7 +79,7 @@ pub struct Server {
     stopping: Arc<AtomicBool>,
     poller: PollerHandle,
     poller_thread: Option<JoinHandle<()>>,
-    workers: worker::WorkerPool,
+    workers: Vec<worker::WorkerPool>,
     open_count: Arc<AtomicUsize>,
 }
 
@@ -87,17 +93,23 @@ impl Server {
 
         let stopping = app.stopping.clone();
         let open_count = Arc::new(AtomicUsize::new(0));
-        let jobs = queue::JobQueue::new(busy_limit(config))?;
+        let (lane_count, busy_limit) = lane_layout(config);
+        let lanes = lanes::Lanes::new(lane_count, busy_limit)?;
         let settings = PollerSettings {
             header_timeout: Duration::from_secs(config.header_timeout_secs),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             max_connections: config.max_connections,
         };
         let (poller, handle) =
-            Poller::new(listener, settings, jobs.clone(), open_count.clone(), stopping.clone())?;
+            Poller::new(listener, settings, lanes.clone(), open_count.clone(), stopping.clone())?;
 
         let poller_thread = std::thread::Builder::new().name("poller".into()).spawn(move || poller.run())?;
-        let workers = worker::WorkerPool::start(config.worker_count(), jobs, app, handle.clone());
+        let workers = lanes
+            .queues()
+            .iter()
+            .enumerate()
+            .map(|(lane, jobs)| worker::WorkerPool::start(lane, config.worker_count(), jobs.clone(), app.clone(), handle.clone()))
+            .collect();
 
         Ok(Server {
             local_addr,
@@ -139,6 +151,6 @@ impl Server {
     /// Worker threads still running; after [`Server::stop`] they end once the requests they
     /// serve and the queued ones are done.
     pub fn running_workers(&self) -> usize {
-        self.workers.running()
+        self.workers.iter().map(worker::WorkerPool::running).sum()
     }
 }

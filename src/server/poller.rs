@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::server::queue::JobQueue;
+use crate::server::lanes::Lanes;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -104,7 +104,7 @@ pub struct Poller {
     slots: Vec<Option<Parked>>,
     free_slots: Vec<usize>,
     inbound: Receiver<(Connection, Park)>,
-    jobs: JobQueue,
+    jobs: Lanes,
     open_count: Arc<AtomicUsize>,
     stopping: Arc<AtomicBool>,
     accept_paused_until: Option<Instant>,
@@ -116,7 +116,7 @@ impl Poller {
     pub fn new(
         listener: TcpListener,
         settings: PollerSettings,
-        jobs: JobQueue,
+        jobs: Lanes,
         open_count: Arc<AtomicUsize>,
         stopping: Arc<AtomicBool>,
     ) -> io::Result<(Poller, PollerHandle)> {

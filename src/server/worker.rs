@@ -1,4 +1,5 @@
-//! The fixed-size pool of worker threads that serve parsed requests.
+//! The fixed-size pool of worker threads that serve the parsed requests of one lane
+//! ([`crate::server::lanes`]).
 //!
 //! A worker takes a [`Job`] (a connection with a complete request head), takes a token from the
 //! limiter or responds 429 at once, runs the handler with panics caught, writes the response,
@@ -6,7 +7,8 @@
 //! client already pipelined, and leaves the connection watched by the workers
 //! ([`crate::server::queue`]) for its next request. Sockets are blocking here, with read and
 //! write timeouts, so a stalled client costs at most `idle_timeout_secs` of one worker.
-//! Threads start on demand up to the configured `workers`, so an idle server runs only a few.
+//! Threads start on demand up to the configured `workers` in each lane, so an idle server runs
+//! only a few.
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
@@ -30,8 +32,9 @@ use crate::server::Job;
 /// likely waits on the client.
 const LONG_BODY: u64 = 256 << 10;
 
-/// Workers started at once; the pool grows from here up to its fixed size.
-const INITIAL_WORKERS: usize = 4;
+/// Workers started at once in each lane: one to wait in epoll and one on the bench. The pool
+/// grows from here up to its fixed size.
+const INITIAL_WORKERS: usize = 2;
 
 /// The worker pool: a fixed maximum of threads, started on demand. A worker that takes the
 /// last job while no other worker waits for one starts another, so a spare worker is ready
@@ -43,6 +46,8 @@ pub struct WorkerPool {
 }
 
 struct Shared {
+    /// The lane ([`crate::server::lanes`]) whose queue the pool serves.
+    lane: usize,
     jobs: JobQueue,
     app: Arc<App>,
     poller: PollerHandle,
@@ -52,9 +57,9 @@ struct Shared {
 }
 
 impl WorkerPool {
-    /// Starts the first workers of a pool of at most `max`.
-    pub fn start(max: usize, jobs: JobQueue, app: Arc<App>, poller: PollerHandle) -> WorkerPool {
-        let shared = Shared { jobs, app, poller, max, started: AtomicUsize::new(0), running: AtomicUsize::new(0) };
+    /// Starts the first workers of the pool of at most `max` that serves the queue of `lane`.
+    pub fn start(lane: usize, max: usize, jobs: JobQueue, app: Arc<App>, poller: PollerHandle) -> WorkerPool {
+        let shared = Shared { lane, jobs, app, poller, max, started: AtomicUsize::new(0), running: AtomicUsize::new(0) };
         let pool = WorkerPool { shared: Arc::new(shared) };
         for _ in 0..INITIAL_WORKERS.min(max) {
             pool.grow();
@@ -76,11 +81,12 @@ impl WorkerPool {
 
         self.shared.running.fetch_add(1, Ordering::AcqRel);
         let pool = self.clone();
-        let spawned = std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || pool.work());
+        let name = format!("worker-{}-{index}", self.shared.lane);
+        let spawned = std::thread::Builder::new().name(name).spawn(move || pool.work());
         if let Err(e) = spawned {
             self.shared.running.fetch_sub(1, Ordering::AcqRel);
             self.shared.started.fetch_sub(1, Ordering::AcqRel);
-            log::error!("cannot start worker {index}: {e}; serving with {index} workers");
+            log::error!("cannot start worker {index} of lane {}: {e}; serving with {index} workers", self.shared.lane);
         }
     }
 
