@@ -98,7 +98,7 @@ fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StartError> {
 
 fn log_startup(config: &Config, server: &Server, storage: &dyn Storage) {
     log::info!(
-        "streamserver {} listening on {}; storage: {}; max_conns {}, max_conns_per_ip {}, workers {}, \
+        "streamserver {} listening on {}; storage: {}; max_conns {}, max_conns_per_ip {}, lanes {}, workers {} per lane, \
          max_upload_bytes {}, header_timeout_secs {}, idle_timeout_secs {}, max_connections {}, \
          shutdown_grace_secs {}, max_ranges {}, cache_control {:?}, cors_allow_origins {:?}, upload token {}",
         env!("CARGO_PKG_VERSION"),
@@ -106,6 +106,7 @@ fn log_startup(config: &Config, server: &Server, storage: &dyn Storage) {
         storage.describe(),
         config.max_conns,
         config.per_ip_limit(),
+        server.lanes(),
         config.worker_count(),
         config.max_upload_bytes,
         config.header_timeout_secs,

@@ -3,12 +3,13 @@
 //! Threads and their jobs:
 //! - the poller ([`poller`]) accepts connections, waits for request heads on all of them with
 //!   epoll, enforces header and idle timeouts, and sends each complete head to the workers;
-//! - a pool of at most `workers` threads ([`worker`]) takes a limiter token per request, runs
-//!   the handler and writes the response, then watches the connection for its next request in
-//!   an epoll instance the workers share ([`queue`]) before the poller takes it back.
+//! - each lane ([`lanes`]: one per core with local storage, one with S3) has a pool of at most
+//!   `workers` threads ([`worker`]). A worker takes a limiter token per request, runs the
+//!   handler and writes the response, then watches the connection for its next request in an
+//!   epoll instance its lane's workers share ([`queue`]) before the poller takes it back.
 //!
-//! Idle and slow clients therefore cost no thread, and the thread count is at most `workers + 2`
-//! whatever the number of connections.
+//! Idle and slow clients therefore cost no thread, and the thread count is at most
+//! `lanes x workers + 2` whatever the number of connections.
 
 pub mod body;
 pub mod conn;
@@ -124,6 +125,11 @@ impl Server {
     /// The bound address, with the real port when the config asked for port 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The number of lanes ([`lanes`]), each with its own pool of up to `workers` threads.
+    pub fn lanes(&self) -> usize {
+        self.workers.len()
     }
 
     /// Open client connections now.

@@ -1,9 +1,9 @@
-//! Where workers wait for work: requests the poller parsed, and keep-alive connections whose
-//! response a worker has just sent.
+//! Where the workers of one lane ([`crate::server::lanes`]) wait for work: requests the poller
+//! parsed, and keep-alive connections whose response a worker has just sent.
 //!
-//! The workers share one epoll instance. It watches an eventfd that counts the jobs the poller
-//! queued, and each connection whose response was sent a moment ago, so that one worker takes
-//! it when its next request arrives. A worker that finishes a response thus picks up the next
+//! The lane's workers share one epoll instance. It watches an eventfd that counts the jobs
+//! the poller queued, and each connection whose response was sent a moment ago, so that one
+//! worker takes it when its next request arrives. A worker that finishes a response thus picks up the next
 //! ready request of any connection without sleeping, as an event loop does. A client that
 //! sends its next request at once costs no trip through the poller. The poller takes back
 //! connections watched here for longer than [`WATCH_WINDOW`], so idle connections fall under
