@@ -7,9 +7,9 @@
 //! lane's worker tend to share one core, and each wakes the other there instead of across
 //! cores. It stays in that lane until it goes back to the poller. Lanes share no lock, slot
 //! table or counter on the path of a request. In BENCHMARKS.md (tuning step 9), two lanes on
-//! 2 cores served 64 KiB ranges about 25% faster than one, at 12 us of CPU per request
-//! instead of 13; with connections dealt to the lanes in turn instead of by core, they spent
-//! 19 us, as each worker woke clients on the other core.
+//! 2 cores served about 15% more 64 KiB range requests per second than one, at the same CPU
+//! per request; with connections dealt to the lanes in turn instead of by core, they spent
+//! 19 us of CPU per request instead of 13, with a context switch for almost every request.
 //!
 //! Lanes share the limiter, the poller and the handlers. Each lane may start up to `workers`
 //! threads, so a lane whose connections hold every token still has workers to answer others
@@ -134,9 +134,8 @@ mod tests {
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
 
-    /// A job for a connection to `listener` whose request was sent from CPU `cpu` (any CPU
-    /// when `None`), with its head parsed. The client side comes back too, so the connection
-    /// stays open.
+    /// Builds a job for a connection to `listener` whose request was sent from CPU `cpu` (any
+    /// CPU when `None`). Returns the client side too, so the connection stays open.
     fn job_from(listener: &TcpListener, cpu: Option<usize>) -> (Job, TcpStream) {
         let addr = listener.local_addr().unwrap();
         let client = std::thread::spawn(move || {
@@ -170,7 +169,7 @@ mod tests {
         }
     }
 
-    /// The CPUs this test may run on, in order.
+    /// Lists the CPUs this test may run on, in order.
     fn allowed_cpus() -> Vec<usize> {
         // SAFETY: as in `cpu_lanes`.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -178,15 +177,15 @@ mod tests {
         (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
     }
 
-    /// Closes the lanes and says which ones held a queued job: a closed queue still hands
-    /// out its jobs, then reports the end.
+    /// Closes the lanes and returns those that held a queued job: a closed queue still hands
+    /// out its jobs before it reports the end.
     fn lanes_holding_jobs(lanes: &Lanes) -> Vec<usize> {
         lanes.close();
         (0..lanes.queues().len()).filter(|&lane| lanes.queues()[lane].next().is_some()).collect()
     }
 
     #[test]
-    fn a_connection_joins_the_lane_of_its_cpu() {
+    fn lanes_place_connection_by_cpu() {
         let cpus = allowed_cpus();
         if cpus.len() < 2 {
             eprintln!("skipped: this test needs 2 CPUs to send from, and may run on {cpus:?}");
@@ -203,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn one_lane_takes_every_job() {
+    fn lanes_single_takes_every_job() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let lanes = Lanes::new(1, 1).unwrap();
         let mut clients = Vec::new();
@@ -220,7 +219,7 @@ mod tests {
     }
 
     #[test]
-    fn closed_lanes_return_the_job() {
+    fn lanes_closed_return_job() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let lanes = Lanes::new(3, 1).unwrap();
         lanes.close();
@@ -231,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn cpus_of_the_mask_fill_the_lanes_in_turn() {
+    fn cpu_lanes_deal_mask_in_turn() {
         let cpus = allowed_cpus();
         let map = cpu_lanes(2);
         for (turn, &cpu) in cpus.iter().enumerate() {

@@ -57,8 +57,8 @@ fn widen_backlog(listener: &TcpListener) {
 /// keep its idle workers out of epoll (see [`queue`]). With local storage a busy worker keeps
 /// about one core busy, the kernel's network work for its system calls included, so each core
 /// gets a lane of one busy worker. On 2 cores (BENCHMARKS.md) one lane with a limit of 1 spent
-/// 13 us of CPU per 64 KiB range request, and one with a limit of 2 spent 30 us, as the two
-/// busy workers woke each other; two lanes served 15% to 25% more requests than one. With S3
+/// 13 us of CPU per 64 KiB range request, and one with a limit of 2 spent 30 us. Two lanes
+/// with a limit of 1 spent 13 us and served about 15% more requests than one. With S3
 /// storage a busy worker mostly waits on the bucket, so one lane serves all, an idle worker
 /// always waits in epoll, and the next one takes its place when it takes work.
 fn lane_layout(config: &Config) -> (usize, usize) {
@@ -71,7 +71,8 @@ fn lane_layout(config: &Config) -> (usize, usize) {
     }
 }
 
-/// The most lanes, so that a machine with many cores starts a bounded number of threads.
+/// The maximum number of lanes, so that a machine with many cores starts a bounded number of
+/// threads.
 const MAX_LANES: usize = 16;
 
 /// A running server.
@@ -127,7 +128,8 @@ impl Server {
         self.local_addr
     }
 
-    /// The number of lanes ([`lanes`]), each with its own pool of up to `workers` threads.
+    /// Returns the number of lanes ([`lanes`]), each with its own pool of up to `workers`
+    /// threads.
     pub fn lanes(&self) -> usize {
         self.workers.len()
     }

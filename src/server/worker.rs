@@ -86,7 +86,7 @@ impl WorkerPool {
         if let Err(e) = spawned {
             self.shared.running.fetch_sub(1, Ordering::AcqRel);
             self.shared.started.fetch_sub(1, Ordering::AcqRel);
-            log::error!("cannot start worker {index} of lane {}: {e}; serving with {index} workers", self.shared.lane);
+            log::error!("cannot start worker {index} of lane {}: {e}; the lane serves with {index} workers", self.shared.lane);
         }
     }
 
