@@ -11,6 +11,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::server::lanes::LaneMember;
 use crate::server::queue::Registration;
 
 /// The longest request head accepted; a longer one is answered 431.
@@ -39,12 +40,15 @@ pub struct Connection {
     /// The socket's place in the workers' epoll instance ([`crate::server::queue`]), present
     /// while it is registered there.
     pub registration: Option<Registration>,
+    /// The lane ([`crate::server::lanes`]) that serves the connection, counted there from the
+    /// time the poller hands it over until the poller gets it back or it closes.
+    pub lane: Option<LaneMember>,
 }
 
 impl Connection {
     /// Wraps an accepted socket; `open_count` was already incremented for it.
     pub fn new(stream: TcpStream, peer: SocketAddr, open_count: Arc<AtomicUsize>) -> Connection {
-        Connection { stream, peer, buffer: Vec::new(), start: 0, end: 0, open_count, input_ended: false, filled_buffer: false, urgent: false, registration: None }
+        Connection { stream, peer, buffer: Vec::new(), start: 0, end: 0, open_count, input_ended: false, filled_buffer: false, urgent: false, registration: None, lane: None }
     }
 
     /// The bytes read from the socket and not yet consumed.

@@ -3,13 +3,19 @@
 //! Each lane is a [`JobQueue`] with its own epoll instance and its own pool of workers, and
 //! runs as one event loop: its busy worker takes the next ready request of the lane's
 //! connections without sleeping. A connection joins the lane of the core its packets arrive
-//! on (`SO_INCOMING_CPU`), where the kernel ran the client's send, so a client and its
-//! lane's worker tend to share one core, and each wakes the other there instead of across
-//! cores. It stays in that lane until it goes back to the poller. Lanes share no lock, slot
-//! table or counter on the path of a request. In BENCHMARKS.md (tuning step 9), two lanes on
-//! 2 cores served about 15% more 64 KiB range requests per second than one, at the same CPU
-//! per request; with connections dealt to the lanes in turn instead of by core, they spent
-//! 19 us of CPU per request instead of 13, with a context switch for almost every request.
+//! on (`SO_INCOMING_CPU`): for a client on this machine, the core where the kernel ran its
+//! send; for a remote one, the core that took the packet from the network card. A local
+//! client and its lane's worker thus tend to share one core, and each wakes the other there
+//! instead of across cores. The connection stays in that lane until it goes back to the
+//! poller. When most packets arrive on one core (a network card with one receive queue), that
+//! core's lane would get every connection, so a lane that holds [`LANE_SLACK`] more
+//! connections than the emptiest one gives new ones to the emptiest.
+//!
+//! Lanes share no lock, slot table or counter on the path of a request. In BENCHMARKS.md
+//! (tuning step 9), two lanes on 2 cores served about 15% more 64 KiB range requests per
+//! second than one, at the same CPU per request. With connections dealt to the lanes in turn
+//! instead of by core, they spent 19 us of CPU per request instead of 13, with a context
+//! switch for almost every request.
 //!
 //! Lanes share the limiter, the poller and the handlers. Each lane may start up to `workers`
 //! threads, so a lane whose connections hold every token still has workers to answer others
@@ -29,8 +35,16 @@ pub struct Lanes {
     inner: Arc<Inner>,
 }
 
+/// How many more connections than the emptiest lane a lane may hold before new connections of
+/// its core go to the emptiest lane instead. A balance within this margin keeps each client on
+/// its core's lane under a load of a few dozen connections, and spreads the work over the
+/// lanes when all packets arrive on one core.
+pub const LANE_SLACK: usize = 16;
+
 struct Inner {
     queues: Vec<JobQueue>,
+    /// The connections each lane holds: its [`LaneMember`]s alive now.
+    members: Vec<AtomicUsize>,
     /// The lane of each CPU number the process may run on: CPUs in the order of the affinity
     /// mask, dealt to the lanes in turn, so that a container's CPUs 4 and 6 fill two lanes.
     cpu_lanes: Vec<Option<usize>>,
@@ -44,20 +58,26 @@ impl Lanes {
     pub fn new(count: usize, busy_limit: usize) -> std::io::Result<Lanes> {
         let queues = (0..count.max(1)).map(|_| JobQueue::new(busy_limit)).collect::<std::io::Result<Vec<_>>>()?;
         let cpu_lanes = cpu_lanes(queues.len());
-        Ok(Lanes { inner: Arc::new(Inner { queues, cpu_lanes, dealt: AtomicUsize::new(0) }) })
+        let members = queues.iter().map(|_| AtomicUsize::new(0)).collect();
+        Ok(Lanes { inner: Arc::new(Inner { queues, members, cpu_lanes, dealt: AtomicUsize::new(0) }) })
     }
 
-    /// Each lane's queue, for the lane's worker pool.
+    /// Returns each lane's queue, for the lane's worker pool.
     pub fn queues(&self) -> &[JobQueue] {
         &self.inner.queues
     }
 
-    /// Queues a parsed request in the lane of the core its packets arrived on. Returns the job
-    /// when the lanes are closed.
+    /// Queues a parsed request in the lane of the core its packets arrived on, unless that lane
+    /// holds [`LANE_SLACK`] more connections than the emptiest. Returns the job when the lanes
+    /// are closed.
     // The job comes back unboxed: boxing it would cost an allocation on every request.
     #[allow(clippy::result_large_err)]
-    pub fn push(&self, job: Job) -> Result<(), Job> {
+    pub fn push(&self, mut job: Job) -> Result<(), Job> {
+        job.conn.lane = None;
         let lane = self.lane_of(&job.conn);
+
+        self.inner.members[lane].fetch_add(1, Ordering::Relaxed);
+        job.conn.lane = Some(LaneMember { lanes: self.inner.clone(), lane });
         self.inner.queues[lane].push(job)
     }
 
@@ -77,15 +97,36 @@ impl Lanes {
         }
     }
 
-    /// The lane for a connection: that of the CPU its last packet arrived on, or the next in
-    /// turn when the kernel cannot tell.
+    /// Chooses the lane for a connection: that of the CPU its last packet arrived on (the next
+    /// in turn when the kernel cannot tell), or the emptiest when that one is too full.
     fn lane_of(&self, conn: &Connection) -> usize {
         let lanes = self.inner.queues.len();
         if lanes == 1 {
             return 0;
         }
         let known = incoming_cpu(conn).and_then(|cpu| self.inner.cpu_lanes.get(cpu).copied().flatten());
-        known.unwrap_or_else(|| self.inner.dealt.fetch_add(1, Ordering::Relaxed) % lanes)
+        let preferred = known.unwrap_or_else(|| self.inner.dealt.fetch_add(1, Ordering::Relaxed) % lanes);
+
+        let held = |lane: usize| self.inner.members[lane].load(Ordering::Relaxed);
+        let emptiest = (0..lanes).min_by_key(|&lane| held(lane)).unwrap_or(preferred);
+        if held(preferred) >= held(emptiest) + LANE_SLACK {
+            emptiest
+        } else {
+            preferred
+        }
+    }
+}
+
+/// A connection's place in a lane's count, from [`Lanes::push`] until it is dropped: when the
+/// connection closes, goes back to the poller, or is placed again.
+pub struct LaneMember {
+    lanes: Arc<Inner>,
+    lane: usize,
+}
+
+impl Drop for LaneMember {
+    fn drop(&mut self) {
+        self.lanes.members[self.lane].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -199,6 +240,54 @@ mod tests {
             assert!(lanes.push(job).is_ok());
             assert_eq!(lanes_holding_jobs(&lanes), [turn % 2], "a request sent from CPU {cpu} (CPUs {cpus:?})");
         }
+    }
+
+    /// Closes the lanes and counts the jobs each one held.
+    fn jobs_per_lane(lanes: &Lanes) -> Vec<usize> {
+        lanes.close();
+        lanes.queues().iter().map(|queue| std::iter::from_fn(|| queue.next().map(drop)).count()).collect()
+    }
+
+    #[test]
+    fn lanes_full_lane_spills_to_emptiest() {
+        let cpus = allowed_cpus();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let lanes = Lanes::new(2, 1).unwrap();
+        let preferred = lanes.inner.cpu_lanes[cpus[0]].unwrap();
+
+        let mut clients = Vec::new();
+        for _ in 0..LANE_SLACK + 4 {
+            let (job, client) = job_from(&listener, Some(cpus[0]));
+            assert!(lanes.push(job).is_ok());
+            clients.push(client);
+        }
+
+        // The first LANE_SLACK stay on the core's lane; from then on the two alternate.
+        let mut expected = [0, 0];
+        expected[preferred] = LANE_SLACK + 2;
+        expected[1 - preferred] = 2;
+        assert_eq!(jobs_per_lane(&lanes), expected);
+    }
+
+    #[test]
+    fn lanes_count_members_until_dropped() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let lanes = Lanes::new(2, 1).unwrap();
+        let held = || lanes.inner.members.iter().map(|m| m.load(Ordering::Relaxed)).collect::<Vec<_>>();
+        let (job, _client) = job_from(&listener, None);
+        let lane = lanes.lane_of(&job.conn);
+        assert!(lanes.push(job).is_ok());
+        assert_eq!(held().iter().sum::<usize>(), 1);
+        assert_eq!(held()[lane], 1);
+
+        // Placed again, the connection counts once.
+        let (Work::Request(job), busy) = lanes.queues()[lane].next().unwrap() else { panic!("expected the queued job") };
+        drop(busy);
+        assert!(lanes.push(job).is_ok());
+        assert_eq!(held().iter().sum::<usize>(), 1);
+
+        assert_eq!(jobs_per_lane(&lanes).iter().sum::<usize>(), 1);
+        assert_eq!(held(), [0, 0]);
     }
 
     #[test]

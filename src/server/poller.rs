@@ -279,7 +279,8 @@ impl Poller {
         }
     }
 
-    fn insert(&mut self, conn: Connection, phase: Phase, deadline: Instant) {
+    fn insert(&mut self, mut conn: Connection, phase: Phase, deadline: Instant) {
+        conn.lane = None;
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
