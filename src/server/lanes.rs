@@ -11,11 +11,11 @@
 //! core's lane would get every connection, so a lane that holds [`LANE_SLACK`] more
 //! connections than the emptiest one gives new ones to the emptiest.
 //!
-//! Lanes share no lock, slot table or counter on the path of a request. In BENCHMARKS.md
-//! (tuning step 9), two lanes on 2 cores served about 15% more 64 KiB range requests per
-//! second than one, at the same CPU per request. With connections dealt to the lanes in turn
-//! instead of by core, they spent 19 us of CPU per request instead of 13, with a context
-//! switch for almost every request.
+//! Lanes share no lock, slot table or counter on the path of a keep-alive request. In
+//! BENCHMARKS.md (tuning step 9), two lanes on 2 cores served about 15% more 64 KiB range
+//! requests per second than one, at the same CPU per request. With connections dealt to the
+//! lanes in turn instead of by core, they spent 19 us of CPU per request instead of 13, with a
+//! context switch for almost every request.
 //!
 //! Lanes share the limiter, the poller and the handlers. Each lane may start up to `workers`
 //! threads, so a lane whose connections hold every token still has workers to answer others
