@@ -110,7 +110,9 @@ impl Server {
             .queues()
             .iter()
             .enumerate()
-            .map(|(lane, jobs)| worker::WorkerPool::start(lane, config.worker_count(), jobs.clone(), app.clone(), handle.clone()))
+            .map(|(lane, jobs)| {
+                worker::WorkerPool::start(lane, lane_count, config.worker_count(), jobs.clone(), app.clone(), handle.clone())
+            })
             .collect();
 
         Ok(Server {

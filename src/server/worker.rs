@@ -32,9 +32,12 @@ use crate::server::Job;
 /// likely waits on the client.
 const LONG_BODY: u64 = 256 << 10;
 
-/// Workers started at once in each lane: one to wait in epoll and one on the bench. The pool
-/// grows from here up to its fixed size.
-const INITIAL_WORKERS: usize = 2;
+/// Workers started at once, split over the lanes, with at least [`MIN_INITIAL_WORKERS`] in
+/// each. The pool of a lane grows from there up to its fixed size.
+const INITIAL_WORKERS: usize = 4;
+
+/// Workers started at once in each lane: one to wait in epoll and one on the bench.
+const MIN_INITIAL_WORKERS: usize = 2;
 
 /// The worker pool: a fixed maximum of threads, started on demand. A worker that takes the
 /// last job while no other worker waits for one starts another, so a spare worker is ready
@@ -57,11 +60,13 @@ struct Shared {
 }
 
 impl WorkerPool {
-    /// Starts the first workers of the pool of at most `max` that serves the queue of `lane`.
-    pub fn start(lane: usize, max: usize, jobs: JobQueue, app: Arc<App>, poller: PollerHandle) -> WorkerPool {
+    /// Starts the first workers of the pool of at most `max` that serves the queue of `lane`,
+    /// one of `lanes`.
+    pub fn start(lane: usize, lanes: usize, max: usize, jobs: JobQueue, app: Arc<App>, poller: PollerHandle) -> WorkerPool {
         let shared = Shared { lane, jobs, app, poller, max, started: AtomicUsize::new(0), running: AtomicUsize::new(0) };
         let pool = WorkerPool { shared: Arc::new(shared) };
-        for _ in 0..INITIAL_WORKERS.min(max) {
+        let initial = (INITIAL_WORKERS / lanes.max(1)).max(MIN_INITIAL_WORKERS);
+        for _ in 0..initial.min(max) {
             pool.grow();
         }
         pool
