@@ -298,6 +298,19 @@ fn assert_method_not_allowed(response: &Response, line: &str) {
 const IDLE_CONNECTIONS: usize = 2000;
 const IDLE_WORKERS: u64 = 8;
 
+/// Waits up to `limit` for the server to hold at least `count` descriptors, as its poller may
+/// still be accepting when the tests around it load the CPU. Returns the last count.
+fn wait_for_fds(pid: u32, count: usize, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let fds = open_fd_count(pid);
+        if fds >= count || Instant::now() >= deadline {
+            return fds;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Opens `count` connections in batches, waiting after each batch until the server has accepted it.
 /// An unpaced burst overflows the listen backlog of 128 when the poller thread waits for a
 /// CPU, and each dropped SYN then costs the client a 1 s retransmission.
@@ -330,7 +343,7 @@ fn idle_connections_cost_no_thread_and_expire() {
 
     let opened_at = Instant::now();
     let mut idle = open_paced(&server, IDLE_CONNECTIONS);
-    let server_fds = open_fd_count(pid);
+    let server_fds = wait_for_fds(pid, IDLE_CONNECTIONS, Duration::from_secs(5));
     assert!(server_fds >= IDLE_CONNECTIONS, "the server holds only {server_fds} descriptors");
 
     let started = Instant::now();
