@@ -3,12 +3,12 @@
 //! Each lane is a [`JobQueue`] with its own epoll instance and its own pool of workers, and
 //! runs as one event loop: its busy worker takes the next ready request of the lane's
 //! connections without sleeping. A connection joins the lane of the core its packets arrive
-//! on (`SO_INCOMING_CPU`): for a client on this machine, the core where the kernel ran its
-//! send; for a remote one, the core that took the packet from the network card. A local
+//! on (`SO_INCOMING_CPU`). For a client on this machine that is the core where the kernel ran
+//! its send, and for a remote one the core that took the packet from the network card. A local
 //! client and its lane's worker thus tend to share one core, and each wakes the other there
 //! instead of across cores. The connection stays in that lane until it goes back to the
 //! poller. When most packets arrive on one core (a network card with one receive queue), that
-//! core's lane would get every connection, so a lane that holds [`LANE_SLACK`] more
+//! core's lane would get every connection, so a lane that contains [`LANE_SLACK`] more
 //! connections than the emptiest one gives new ones to the emptiest.
 //!
 //! Lanes share no lock, slot table or counter on the path of a keep-alive request. In
@@ -43,11 +43,11 @@ pub const LANE_SLACK: usize = 16;
 
 struct Inner {
     queues: Vec<JobQueue>,
-    /// The connections each lane holds: its [`LaneMember`]s alive now.
+    /// The number of connections in each lane: its [`LaneMember`]s alive now.
     members: Vec<AtomicUsize>,
-    /// The lane of each CPU number the process may run on: CPUs in the order of the affinity
-    /// mask, dealt to the lanes in turn, so that a container's CPUs 4 and 6 fill two lanes.
-    cpu_lanes: Vec<Option<usize>>,
+    /// The lane of each CPU number: CPUs in the order of the affinity mask, dealt to the lanes
+    /// in turn, so that a container's CPUs 4 and 6 fill two lanes.
+    cpu_lanes: Vec<usize>,
     /// Jobs placed in turn, for connections whose core is unknown.
     dealt: AtomicUsize,
 }
@@ -68,8 +68,8 @@ impl Lanes {
     }
 
     /// Queues a parsed request in the lane of the core its packets arrived on, unless that lane
-    /// holds [`LANE_SLACK`] more connections than the emptiest. Returns the job when the lanes
-    /// are closed.
+    /// contains [`LANE_SLACK`] more connections than the emptiest. Returns the job when the
+    /// lanes are closed.
     // The job comes back unboxed: boxing it would cost an allocation on every request.
     #[allow(clippy::result_large_err)]
     pub fn push(&self, mut job: Job) -> Result<(), Job> {
@@ -104,12 +104,12 @@ impl Lanes {
         if lanes == 1 {
             return 0;
         }
-        let known = incoming_cpu(conn).and_then(|cpu| self.inner.cpu_lanes.get(cpu).copied().flatten());
+        let known = incoming_cpu(conn).and_then(|cpu| self.inner.cpu_lanes.get(cpu).copied());
         let preferred = known.unwrap_or_else(|| self.inner.dealt.fetch_add(1, Ordering::Relaxed) % lanes);
 
-        let held = |lane: usize| self.inner.members[lane].load(Ordering::Relaxed);
-        let emptiest = (0..lanes).min_by_key(|&lane| held(lane)).unwrap_or(preferred);
-        if held(preferred) >= held(emptiest) + LANE_SLACK {
+        let connections_in = |lane: usize| self.inner.members[lane].load(Ordering::Relaxed);
+        let emptiest = (0..lanes).min_by_key(|&lane| connections_in(lane)).unwrap_or(preferred);
+        if connections_in(preferred) >= connections_in(emptiest) + LANE_SLACK {
             emptiest
         } else {
             preferred
@@ -130,7 +130,8 @@ impl Drop for LaneMember {
     }
 }
 
-/// The CPU that processed the connection's last incoming packet, when the kernel knows it.
+/// Returns the CPU that processed the connection's last incoming packet, or `None` when the
+/// kernel does not report one.
 fn incoming_cpu(conn: &Connection) -> Option<usize> {
     let mut cpu: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -149,19 +150,19 @@ fn incoming_cpu(conn: &Connection) -> Option<usize> {
 
 /// Maps each CPU number in the process's affinity mask to a lane, in turn. CPUs outside the
 /// mask (or every CPU, when the mask cannot be read) fall back to `cpu % lanes`.
-fn cpu_lanes(lanes: usize) -> Vec<Option<usize>> {
+fn cpu_lanes(lanes: usize) -> Vec<usize> {
     let max = libc::CPU_SETSIZE as usize;
     // SAFETY: a zeroed cpu_set_t is a valid empty set; the call fills it for this thread,
     // which at startup has the process's mask.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let read = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
 
-    let mut map: Vec<Option<usize>> = (0..max).map(|cpu| Some(cpu % lanes)).collect();
+    let mut map: Vec<usize> = (0..max).map(|cpu| cpu % lanes).collect();
     if read {
         // SAFETY: CPU_ISSET only reads the set, for numbers below CPU_SETSIZE.
         let allowed = (0..max).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) });
         for (turn, cpu) in allowed.enumerate() {
-            map[cpu] = Some(turn % lanes);
+            map[cpu] = turn % lanes;
         }
     }
     map
@@ -201,6 +202,7 @@ mod tests {
         (Job { conn, request }, client)
     }
 
+    /// Pins the calling thread to CPU `cpu`.
     fn pin_to(cpu: usize) {
         // SAFETY: a zeroed set is empty; CPU_SET writes one bit below CPU_SETSIZE.
         unsafe {
@@ -218,11 +220,10 @@ mod tests {
         (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
     }
 
-    /// Closes the lanes and returns those that held a queued job: a closed queue still hands
-    /// out its jobs before it reports the end.
-    fn lanes_holding_jobs(lanes: &Lanes) -> Vec<usize> {
+    /// Closes the lanes and counts the jobs each one held.
+    fn jobs_per_lane(lanes: &Lanes) -> Vec<usize> {
         lanes.close();
-        (0..lanes.queues().len()).filter(|&lane| lanes.queues()[lane].next().is_some()).collect()
+        lanes.queues().iter().map(|queue| std::iter::from_fn(|| queue.next().map(drop)).count()).collect()
     }
 
     #[test]
@@ -238,14 +239,10 @@ mod tests {
             let lanes = Lanes::new(2, 1).unwrap();
             let (job, _client) = job_from(&listener, Some(cpu));
             assert!(lanes.push(job).is_ok());
-            assert_eq!(lanes_holding_jobs(&lanes), [turn % 2], "a request sent from CPU {cpu} (CPUs {cpus:?})");
+            let mut expected = [0, 0];
+            expected[turn % 2] = 1;
+            assert_eq!(jobs_per_lane(&lanes), expected, "a request sent from CPU {cpu} (CPUs {cpus:?})");
         }
-    }
-
-    /// Closes the lanes and counts the jobs each one held.
-    fn jobs_per_lane(lanes: &Lanes) -> Vec<usize> {
-        lanes.close();
-        lanes.queues().iter().map(|queue| std::iter::from_fn(|| queue.next().map(drop)).count()).collect()
     }
 
     #[test]
@@ -253,7 +250,7 @@ mod tests {
         let cpus = allowed_cpus();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let lanes = Lanes::new(2, 1).unwrap();
-        let preferred = lanes.inner.cpu_lanes[cpus[0]].unwrap();
+        let preferred = lanes.inner.cpu_lanes[cpus[0]];
 
         let mut clients = Vec::new();
         for _ in 0..LANE_SLACK + 4 {
@@ -323,7 +320,7 @@ mod tests {
         let cpus = allowed_cpus();
         let map = cpu_lanes(2);
         for (turn, &cpu) in cpus.iter().enumerate() {
-            assert_eq!(map[cpu], Some(turn % 2), "CPU {cpu} of {cpus:?}");
+            assert_eq!(map[cpu], turn % 2, "CPU {cpu} of {cpus:?}");
         }
         assert_eq!(map.len(), libc::CPU_SETSIZE as usize);
     }

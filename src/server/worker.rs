@@ -36,7 +36,7 @@ const LONG_BODY: u64 = 256 << 10;
 /// each. The pool of a lane grows from there up to its fixed size.
 const INITIAL_WORKERS: usize = 4;
 
-/// Workers started at once in each lane: one to wait in epoll and one on the bench.
+/// The fewest workers started at once in a lane: one to wait in epoll and one on the bench.
 const MIN_INITIAL_WORKERS: usize = 2;
 
 /// The worker pool: a fixed maximum of threads, started on demand. A worker that takes the
@@ -91,7 +91,7 @@ impl WorkerPool {
         if let Err(e) = spawned {
             self.shared.running.fetch_sub(1, Ordering::AcqRel);
             self.shared.started.fetch_sub(1, Ordering::AcqRel);
-            log::error!("cannot start worker {index} of lane {}: {e}; the lane serves with {index} workers", self.shared.lane);
+            log::error!("failed to start worker {index} of lane {}: {e}; the lane serves with {index} workers", self.shared.lane);
         }
     }
 
